@@ -1,0 +1,231 @@
+//! Command line and environment configuration.
+//!
+//! Every flag can also come from a `LIVEROLL_*` environment variable, so a
+//! systemd `EnvironmentFile=` can carry the whole configuration. Checks that
+//! span several flags live in [`Config::validate`]; a failure there exits with
+//! status 2 and one line naming the flag, like clap's own errors.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+
+/// Zero-downtime rolling updates for one process behind a reverse proxy.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "liveroll", version, about, max_term_width = 100)]
+pub struct Config {
+    /// Command that fetches the new artifact (run with `sh -c`).
+    #[arg(long, env = "LIVEROLL_PULL", value_name = "CMD")]
+    pub pull: String,
+
+    /// Command that prints the artifact's ID or version on stdout.
+    #[arg(long, env = "LIVEROLL_ID", value_name = "CMD")]
+    pub id: String,
+
+    /// Command that starts a child; `<<PORT>>` and `<<HEALTHCHECK>>` are expanded.
+    #[arg(long, env = "LIVEROLL_EXEC", value_name = "CMD")]
+    pub exec: String,
+
+    /// Time between update checks (units: ns, us, ms, s, m, h).
+    #[arg(long, env = "LIVEROLL_INTERVAL", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+
+    /// Path polled on a child until it answers HTTP 200.
+    #[arg(long, env = "LIVEROLL_HEALTHCHECK", default_value = "/healthz", value_parser = parse_path, value_name = "PATH")]
+    pub healthcheck: String,
+
+    /// How long a new child may take to become healthy.
+    #[arg(long, env = "LIVEROLL_HEALTH_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub health_timeout: Duration,
+
+    /// How long a retired child may keep finishing its in-flight requests.
+    #[arg(long, env = "LIVEROLL_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
+    /// Time between SIGTERM and SIGKILL for a child's process group.
+    #[arg(long, env = "LIVEROLL_KILL_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub kill_timeout: Duration,
+
+    /// Limit for one run of `--pull` or `--id`; its process group is killed after it.
+    #[arg(long, env = "LIVEROLL_COMMAND_TIMEOUT", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub command_timeout: Duration,
+
+    /// Port the reverse proxy listens on.
+    #[arg(long, env = "LIVEROLL_PORT", default_value_t = 8080, value_parser = parse_port)]
+    pub port: u16,
+
+    /// Address the reverse proxy listens on.
+    #[arg(
+        long,
+        env = "LIVEROLL_BIND",
+        default_value = "0.0.0.0",
+        value_name = "ADDR"
+    )]
+    pub bind: IpAddr,
+
+    /// Port of the first child slot.
+    #[arg(long = "child-port1", env = "LIVEROLL_CHILD_PORT1", default_value_t = 9101, value_parser = parse_port)]
+    pub child_port1: u16,
+
+    /// Port of the second child slot.
+    #[arg(long = "child-port2", env = "LIVEROLL_CHILD_PORT2", default_value_t = 9102, value_parser = parse_port)]
+    pub child_port2: u16,
+
+    /// Pingora YAML file for worker tuning (threads, keep-alive pool, ...).
+    #[arg(short = 'c', long, env = "LIVEROLL_CONF", value_name = "FILE")]
+    pub conf: Option<String>,
+}
+
+impl Config {
+    /// Parses the command line and environment, exiting with status 2 on bad input.
+    pub fn from_env() -> Self {
+        let config = Self::parse();
+        if let Err((kind, msg)) = config.validate() {
+            Self::command().error(kind, msg).exit();
+        }
+        config
+    }
+
+    /// Checks that hold across flags; clap has already checked each one alone.
+    fn validate(&self) -> Result<(), (ErrorKind, String)> {
+        let conflict = |msg: String| Err((ErrorKind::ArgumentConflict, msg));
+        if self.child_port1 == self.child_port2 {
+            return conflict(format!(
+                "--child-port1 and --child-port2 must differ (both are {})",
+                self.child_port1
+            ));
+        }
+        for (flag, port) in [
+            ("--child-port1", self.child_port1),
+            ("--child-port2", self.child_port2),
+        ] {
+            if port == self.port {
+                return conflict(format!("{flag} must differ from --port (both are {port})"));
+            }
+        }
+        for (flag, value) in [
+            ("--interval", self.interval),
+            ("--health-timeout", self.health_timeout),
+            ("--command-timeout", self.command_timeout),
+        ] {
+            if value.is_zero() {
+                return Err((
+                    ErrorKind::InvalidValue,
+                    format!("{flag} must be greater than zero"),
+                ));
+            }
+        }
+        for (flag, cmd) in [
+            ("--pull", &self.pull),
+            ("--id", &self.id),
+            ("--exec", &self.exec),
+        ] {
+            if cmd.trim().is_empty() {
+                return Err((ErrorKind::InvalidValue, format!("{flag} must not be empty")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address the proxy listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.bind, self.port)
+    }
+
+    /// The two child slots' ports, in slot order.
+    pub fn child_ports(&self) -> [u16; 2] {
+        [self.child_port1, self.child_port2]
+    }
+}
+
+/// Durations as the seed takes them: a number and a unit (`500ms`, `10s`, `1m`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    match s.trim().parse::<u16>() {
+        Ok(0) => Err("port must be between 1 and 65535, not 0".into()),
+        Ok(port) => Ok(port),
+        Err(_) => Err(format!("'{s}' is not a port number (1-65535)")),
+    }
+}
+
+fn parse_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("'{s}' must start with '/'"));
+    }
+    if s.bytes()
+        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    {
+        return Err(format!(
+            "'{s}' must not contain spaces or control characters"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Config, String> {
+        let mut args = vec![
+            "liveroll", "--pull", "true", "--id", "echo 1", "--exec", "x",
+        ];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args).map_err(|e| e.to_string())?;
+        config.validate().map_err(|(_, msg)| msg)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn defaults_match_the_seed() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.health_timeout, Duration::from_secs(60));
+        assert_eq!(c.healthcheck, "/healthz");
+        assert_eq!((c.port, c.child_port1, c.child_port2), (8080, 9101, 9102));
+    }
+
+    #[test]
+    fn durations_take_every_seed_unit() {
+        for (text, want) in [
+            ("1ns", Duration::from_nanos(1)),
+            ("2us", Duration::from_micros(2)),
+            ("3ms", Duration::from_millis(3)),
+            ("4s", Duration::from_secs(4)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("1m30s", Duration::from_secs(90)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "10", "ten seconds", "-1s", "5 parsecs"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn cross_flag_checks_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--child-port1", "9000", "--child-port2", "9000"],
+                "--child-port1 and --child-port2 must differ",
+            ),
+            (&["--port", "9101"], "--child-port1 must differ from --port"),
+            (&["--port", "9102"], "--child-port2 must differ from --port"),
+            (
+                &["--interval", "0s"],
+                "--interval must be greater than zero",
+            ),
+            (&["--port", "0"], "not 0"),
+            (&["--healthcheck", "healthz"], "must start with '/'"),
+        ];
+        for (args, want) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+}
