@@ -1,0 +1,341 @@
+//! The update flow and the two child slots it manages.
+//!
+//! [`Rollout::update`] is the seed's diagram in code: pull, read the ID, stop
+//! if nothing changed, start a child in a free slot, wait for its health
+//! check, publish it, retire the previous generation. Whatever fails, the
+//! children already serving are left alone.
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use tokio::sync::mpsc;
+
+use crate::backends::{Backend, BackendSet};
+use crate::child::Child;
+use crate::commands::{self, CommandError};
+use crate::config::Config;
+use crate::health::{self, HealthError};
+use crate::trigger::{Reason, Trigger, Triggers};
+
+/// A child that ran at least this long before crashing resets the back-off.
+const CRASH_RESET_AFTER: Duration = Duration::from_secs(60);
+const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Debug)]
+pub enum UpdateError {
+    Pull(CommandError),
+    Id(CommandError),
+    NoSlot(String),
+    Spawn(std::io::Error),
+    Unhealthy {
+        port: u16,
+        pid: i32,
+        error: HealthError,
+    },
+}
+
+impl fmt::Display for UpdateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpdateError::Pull(e) => write!(f, "step=pull error=\"--pull failed: {e}\""),
+            UpdateError::Id(e) => write!(f, "step=id error=\"--id failed: {e}\""),
+            UpdateError::NoSlot(why) => write!(f, "step=slot error=\"{why}\""),
+            UpdateError::Spawn(e) => write!(f, "step=exec error=\"--exec could not start: {e}\""),
+            UpdateError::Unhealthy { port, pid, error } => {
+                write!(f, "step=health port={port} pid={pid} error=\"new child {error}; it was terminated\"")
+            }
+        }
+    }
+}
+
+pub enum Outcome {
+    Unchanged,
+    Rolled,
+}
+
+pub struct Rollout {
+    config: Arc<Config>,
+    backends: Arc<BackendSet>,
+    triggers: Arc<Triggers>,
+    /// Children exiting report their generation here.
+    exits: mpsc::UnboundedSender<u64>,
+    slots: [Option<Child>; 2],
+    next_generation: u64,
+    crash_streak: u32,
+}
+
+impl Rollout {
+    pub fn new(
+        config: Arc<Config>,
+        backends: Arc<BackendSet>,
+        triggers: Arc<Triggers>,
+        exits: mpsc::UnboundedSender<u64>,
+    ) -> Self {
+        Rollout {
+            config,
+            backends,
+            triggers,
+            exits,
+            slots: [None, None],
+            next_generation: 1,
+            crash_streak: 0,
+        }
+    }
+
+    /// Runs one update and logs its outcome.
+    pub async fn run(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        debug!(
+            "event=update trigger={} forced={}",
+            trigger.reason, trigger.forced
+        );
+        match self.update(trigger).await {
+            Ok(Outcome::Unchanged) => debug!(
+                "event=unchanged trigger={} id={}",
+                trigger.reason,
+                self.current().map_or("", |c| c.id.as_str())
+            ),
+            Ok(Outcome::Rolled) => {
+                let c = self.current().expect("a rollout leaves a current child");
+                info!(
+                    "event=rolled trigger={} id={} slot={} port={} pid={} took_ms={}",
+                    trigger.reason,
+                    c.id,
+                    c.slot + 1,
+                    c.port,
+                    c.pid,
+                    started.elapsed().as_millis()
+                );
+            }
+            Err(e) => match self.current() {
+                Some(c) => error!(
+                    "event=update_failed trigger={} {e} serving_id={} serving_port={}",
+                    trigger.reason, c.id, c.port
+                ),
+                None => error!(
+                    "event=update_failed trigger={} {e} serving_id=none",
+                    trigger.reason
+                ),
+            },
+        }
+    }
+
+    /// One update, top to bottom like the seed's diagram.
+    pub async fn update(&mut self, trigger: Trigger) -> Result<Outcome, UpdateError> {
+        let c = self.config.clone();
+
+        // 1. Pull the artifact, then ask for its ID.
+        commands::run(&c.pull, c.command_timeout, 0)
+            .await
+            .map_err(UpdateError::Pull)?;
+        let out = commands::run(&c.id, c.command_timeout, commands::MAX_ID_BYTES).await;
+        let id = out
+            .and_then(|out| commands::parse_id(&out))
+            .map_err(UpdateError::Id)?;
+        debug!("event=id id={id}");
+
+        // 2. Not forced and this ID already serves: nothing to do.
+        if !trigger.forced && self.current().is_some_and(|cur| cur.id == id) {
+            return Ok(Outcome::Unchanged);
+        }
+
+        // 3. A free slot, retiring the non-current child if both are taken.
+        let slot = self.free_slot().await?;
+
+        // 4. Start the new child in its own process group.
+        let child = self.spawn(slot, &id).map_err(UpdateError::Spawn)?;
+
+        // 5. Wait for its health check; if it fails, it goes and the old one stays.
+        if let Err(error) = health::wait_healthy(&child, &c.healthcheck, c.health_timeout).await {
+            child.terminate(c.kill_timeout).await;
+            return Err(UpdateError::Unhealthy {
+                port: child.port,
+                pid: child.pid,
+                error,
+            });
+        }
+        info!(
+            "event=healthy slot={} port={} pid={} id={id}",
+            slot + 1,
+            child.port,
+            child.pid
+        );
+
+        // 6. Publish it to the proxy; its ID is now the current one.
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, child.port));
+        self.backends.publish(Backend::new(addr, child.generation));
+        info!(
+            "event=publish slot={} port={} pid={} id={id}",
+            slot + 1,
+            child.port,
+            child.pid
+        );
+        self.slots[slot] = Some(child);
+
+        // 7. Retire the previous generation: every other child.
+        for other in 0..self.slots.len() {
+            if other != slot {
+                self.retire(other).await;
+            }
+        }
+        Ok(Outcome::Rolled)
+    }
+
+    /// The newest child that is still running: its ID is the current one.
+    fn current(&self) -> Option<&Child> {
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|c| c.exit_status().is_none())
+            .max_by_key(|c| c.generation)
+    }
+
+    /// An empty slot whose port nobody else holds.
+    async fn free_slot(&mut self) -> Result<usize, UpdateError> {
+        if self.slots.iter().all(Option::is_some) {
+            let current = self.current().map(|c| c.slot);
+            let victim = (0..self.slots.len())
+                .find(|&s| Some(s) != current)
+                .unwrap_or(0);
+            self.retire(victim).await;
+        }
+        let ports = self.config.child_ports();
+        let mut busy = Vec::new();
+        for slot in (0..self.slots.len()).filter(|&s| self.slots[s].is_none()) {
+            if port_is_free(ports[slot]) {
+                return Ok(slot);
+            }
+            busy.push(ports[slot].to_string());
+        }
+        Err(UpdateError::NoSlot(format!(
+            "child port {} already in use by another process",
+            busy.join(" and ")
+        )))
+    }
+
+    fn spawn(&mut self, slot: usize, id: &str) -> std::io::Result<Child> {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let port = self.config.child_ports()[slot];
+        let cmd = commands::expand(&self.config.exec, port, &self.config.healthcheck);
+        let backends = self.backends.clone();
+        let exits = self.exits.clone();
+        let child = Child::spawn(&cmd, slot, port, id, generation, move |_status| {
+            // Out of the proxy at once; the supervisor decides the rest.
+            backends.remove(generation);
+            let _ = exits.send(generation);
+        })?;
+        info!(
+            "event=spawn slot={} port={port} pid={} id={id} cmd={cmd:?}",
+            slot + 1,
+            child.pid
+        );
+        Ok(child)
+    }
+
+    /// Takes a child out of the proxy, lets its requests finish (bounded by
+    /// `--drain-timeout`), then terminates its process group.
+    async fn retire(&mut self, slot: usize) {
+        let Some(child) = self.slots[slot].take() else {
+            return;
+        };
+        if let Some(backend) = self.backends.remove(child.generation) {
+            info!(
+                "event=drain slot={} port={} pid={} id={} inflight={}",
+                slot + 1,
+                child.port,
+                child.pid,
+                child.id,
+                backend.inflight()
+            );
+            if !backend.drained(self.config.drain_timeout).await {
+                warn!(
+                    "event=drain_timeout port={} pid={} inflight={} after={:?}",
+                    child.port,
+                    child.pid,
+                    backend.inflight(),
+                    self.config.drain_timeout
+                );
+            }
+        }
+        child.terminate(self.config.kill_timeout).await;
+    }
+
+    /// A child's shell exited. If it was still serving, it crashed: clean up
+    /// what is left of its group and schedule a forced update, after a pause
+    /// that grows while children keep dying young.
+    pub async fn child_exited(&mut self, generation: u64) {
+        let Some(slot) = self
+            .slots
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.generation == generation))
+        else {
+            return; // retired or failed on purpose
+        };
+        let child = self.slots[slot].take().expect("slot was just found");
+        let ran = child.started.elapsed();
+        warn!(
+            "event=exit unexpected=true slot={} port={} pid={} id={} status=\"{}\" ran_ms={}",
+            slot + 1,
+            child.port,
+            child.pid,
+            child.id,
+            child
+                .exit_status()
+                .map_or_else(|| "unknown".into(), |s| s.to_string()),
+            ran.as_millis()
+        );
+        child.terminate(self.config.kill_timeout).await;
+
+        self.crash_streak = if ran >= CRASH_RESET_AFTER {
+            0
+        } else {
+            self.crash_streak + 1
+        };
+        let delay = crash_backoff(self.crash_streak);
+        info!("event=replace_scheduled delay_ms={}", delay.as_millis());
+        let triggers = self.triggers.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            triggers.request(Reason::ChildExited);
+        });
+    }
+}
+
+/// No pause for the first crash, then 1 s, 2 s, 4 s, ... up to 30 s.
+fn crash_backoff(streak: u32) -> Duration {
+    match streak {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_secs(1 << (n - 2).min(5)).min(MAX_CRASH_BACKOFF),
+    }
+}
+
+/// Whether a child could bind `port`: catches a stray process (an orphan of
+/// an earlier run, another service) before its health check could be
+/// mistaken for our child's.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crash_backoff_grows_and_caps() {
+        let secs: Vec<u64> = (0..10).map(|n| crash_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [0, 0, 1, 2, 4, 8, 16, 30, 30, 30]);
+    }
+
+    #[test]
+    fn a_listening_port_is_not_free() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(!port_is_free(port));
+        drop(listener);
+        assert!(port_is_free(port));
+    }
+}

@@ -1,0 +1,163 @@
+//! What starts an update, and how triggers that pile up are merged.
+//!
+//! Triggers never wait for the supervisor: a signal handler or timer only
+//! records the trigger. While an update runs, everything that arrives is
+//! coalesced into a single pending one, forced if any of them was.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Startup,
+    Interval,
+    /// SIGHUP: restart even if the ID is unchanged.
+    Sighup,
+    /// A serving child exited on its own.
+    ChildExited,
+}
+
+impl Reason {
+    /// A forced update starts a new child even when the ID has not changed.
+    pub fn forced(self) -> bool {
+        self != Reason::Interval
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Reason::Startup => "startup",
+            Reason::Interval => "interval",
+            Reason::Sighup => "sighup",
+            Reason::ChildExited => "child-exit",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub reason: Reason,
+    pub forced: bool,
+}
+
+impl Trigger {
+    fn merge(pending: Option<Trigger>, reason: Reason) -> Trigger {
+        match pending {
+            Some(prev) if prev.forced || !reason.forced() => prev,
+            _ => Trigger {
+                reason,
+                forced: reason.forced(),
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Triggers {
+    pending: Mutex<Option<Trigger>>,
+    notify: Notify,
+}
+
+impl Triggers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a trigger; returns at once.
+    pub fn request(&self, reason: Reason) {
+        let mut pending = self.pending.lock().unwrap();
+        *pending = Some(Trigger::merge(*pending, reason));
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next (merged) trigger.
+    pub async fn next(&self) -> Trigger {
+        loop {
+            if let Some(trigger) = self.pending.lock().unwrap().take() {
+                return trigger;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn merged(reasons: &[Reason]) -> Trigger {
+        reasons
+            .iter()
+            .fold(None, |p, &r| Some(Trigger::merge(p, r)))
+            .unwrap()
+    }
+
+    #[test]
+    fn forced_wins_whatever_the_order() {
+        use Reason::*;
+        assert_eq!(
+            merged(&[Interval, Sighup, Interval]),
+            Trigger {
+                reason: Sighup,
+                forced: true
+            }
+        );
+        assert_eq!(
+            merged(&[Sighup, Interval]),
+            Trigger {
+                reason: Sighup,
+                forced: true
+            }
+        );
+        assert_eq!(
+            merged(&[Interval, Interval]),
+            Trigger {
+                reason: Interval,
+                forced: false
+            }
+        );
+        assert_eq!(
+            merged(&[ChildExited, Sighup]),
+            Trigger {
+                reason: ChildExited,
+                forced: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn many_requests_make_one_trigger() {
+        let triggers = Triggers::new();
+        for _ in 0..10 {
+            triggers.request(Reason::Interval);
+        }
+        triggers.request(Reason::Sighup);
+        assert_eq!(
+            triggers.next().await,
+            Trigger {
+                reason: Reason::Sighup,
+                forced: true
+            }
+        );
+        // Nothing more is pending.
+        let again = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
+        assert!(again.is_err());
+    }
+
+    #[tokio::test]
+    async fn next_wakes_on_a_later_request() {
+        let triggers = std::sync::Arc::new(Triggers::new());
+        let waiter = tokio::spawn({
+            let triggers = triggers.clone();
+            async move { triggers.next().await }
+        });
+        tokio::task::yield_now().await;
+        triggers.request(Reason::Interval);
+        assert_eq!(waiter.await.unwrap().reason, Reason::Interval);
+    }
+}
