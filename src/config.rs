@@ -13,7 +13,13 @@ use clap::{CommandFactory, Parser};
 
 /// Zero-downtime rolling updates for one process behind a reverse proxy.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "liveroll", version, about, max_term_width = 100)]
+#[command(
+    name = "liveroll",
+    version,
+    about,
+    max_term_width = 100,
+    args_override_self = true
+)]
 pub struct Config {
     /// Command that fetches the new artifact (run with `sh -c`).
     #[arg(long, env = "LIVEROLL_PULL", value_name = "CMD")]

@@ -37,6 +37,9 @@ struct Args {
     /// Wait this long before listening (a slow-starting app).
     #[arg(long, value_parser = humantime::parse_duration)]
     start_delay: Option<Duration>,
+    /// Free text shown in the process list, e.g. to find every instance of a test.
+    #[arg(long, default_value = "")]
+    label: String,
 }
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -47,7 +50,10 @@ async fn main() {
     let args = Args::parse();
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     if let Some(delay) = args.start_delay {
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = term.recv() => return,
+        }
     }
     let addr = SocketAddr::new(args.bind, args.port);
     let listener = match listen(addr) {
@@ -153,6 +159,10 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
                 .find_map(|kv| kv.strip_prefix("ms="))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1000);
+            eprintln!(
+                "liveroll-demo pid={} slow request started ({ms} ms)",
+                std::process::id()
+            );
             tokio::time::sleep(Duration::from_millis(ms)).await;
             (200, "OK", format!("slow {who}").into_bytes())
         }

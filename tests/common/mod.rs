@@ -1,0 +1,483 @@
+//! Test harness: starts the real `liveroll` binary with the real demo app on
+//! free loopback ports, talks HTTP to it, and cleans up even when a test fails.
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+pub const LIVEROLL: &str = env!("CARGO_BIN_EXE_liveroll");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_liveroll-demo");
+/// How long a condition may take before the test gives up. Generous: this is
+/// a bound against hanging, not a timing assertion.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `cond` until it returns `Some`, or panics after [`PATIENCE`] with `what`.
+pub fn wait_for<T>(what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = cond() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three distinct ports that were free a moment ago.
+pub struct Ports {
+    pub proxy: u16,
+    pub child1: u16,
+    pub child2: u16,
+}
+
+pub fn free_ports() -> Ports {
+    let listeners: Vec<TcpListener> = (0..3)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
+        .collect();
+    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    Ports {
+        proxy: port(0),
+        child1: port(1),
+        child2: port(2),
+    }
+}
+
+/// A scratch directory holding what the `--id` and `--exec` commands read:
+/// `version` (the ID) and `flags` (extra demo flags), plus liveroll's log.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "liveroll-it-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch { dir };
+        scratch.set_version("v1");
+        scratch.set_flags("");
+        scratch
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Atomically replaces a file, so a command never reads half of it.
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.path(&format!("{name}.tmp"));
+        fs::write(&tmp, text).unwrap();
+        fs::rename(tmp, self.path(name)).unwrap();
+    }
+
+    pub fn set_version(&self, version: &str) {
+        self.write("version", version);
+    }
+
+    pub fn set_flags(&self, flags: &str) {
+        self.write("flags", flags);
+    }
+
+    /// `--id`: prints the version file.
+    pub fn id_cmd(&self) -> String {
+        format!("cat {}", self.path("version").display())
+    }
+
+    /// `--exec`: the demo app with the current version and flags. The shell
+    /// stays the parent (no `exec`), so the demo is a grandchild of liveroll,
+    /// as a real server under `docker run` or a wrapper script would be.
+    pub fn exec_cmd(&self) -> String {
+        format!(
+            "{DEMO} --port <<PORT>> --healthcheck <<HEALTHCHECK>> --app-version \"$(cat {v})\" --label {label} $(cat {f}); echo demo exited",
+            v = self.path("version").display(),
+            f = self.path("flags").display(),
+            label = self.dir.display(),
+        )
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Whatever a failed test left running: every demo carries our label.
+        let _ = Command::new("pkill")
+            .args([
+                "-KILL",
+                "-f",
+                "--",
+                &format!("--label {}", self.dir.display()),
+            ])
+            .status();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Liveroll {
+    pub process: std::process::Child,
+    pub ports: Ports,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+impl Liveroll {
+    /// Starts liveroll on the demo app with a 1-hour interval (tests trigger
+    /// updates themselves) unless `extra` says otherwise.
+    pub fn start(scratch: &Scratch, extra: &[&str]) -> Liveroll {
+        Self::start_on(scratch, free_ports(), extra)
+    }
+
+    pub fn start_on(scratch: &Scratch, ports: Ports, extra: &[&str]) -> Liveroll {
+        let mut args: Vec<String> = vec![
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            ports.proxy.to_string(),
+            "--child-port1".into(),
+            ports.child1.to_string(),
+            "--child-port2".into(),
+            ports.child2.to_string(),
+            "--pull".into(),
+            "true".into(),
+            "--id".into(),
+            scratch.id_cmd(),
+            "--exec".into(),
+            scratch.exec_cmd(),
+            "--interval".into(),
+            "1h".into(),
+            "--health-timeout".into(),
+            "30s".into(),
+            "--kill-timeout".into(),
+            "5s".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(scratch, ports, &args)
+    }
+
+    pub fn spawn(scratch: &Scratch, ports: Ports, args: &[String]) -> Liveroll {
+        let log = scratch.path("liveroll.log");
+        let out = fs::File::create(&log).unwrap();
+        let process = Command::new(LIVEROLL)
+            .args(args)
+            .env("RUST_LOG", "debug,pingora_core=info,pingora_proxy=info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Liveroll {
+            process,
+            ports,
+            log,
+            exited: None,
+        }
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.process.id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).unwrap();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Fails the test at once if liveroll is no longer running.
+    pub fn assert_running(&self) {
+        assert!(
+            !process_gone(self.process.id() as i32),
+            "liveroll exited:\n{}",
+            self.log()
+        );
+    }
+
+    /// Waits until `needle` appears in the log `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "log never showed {needle:?} {count} time(s):\n{}",
+                self.log()
+            );
+            self.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> std::io::Result<Response> {
+        request(self.ports.proxy, "GET", path, b"")
+    }
+
+    /// Waits until `/` is served by `version` and returns the demo's pid.
+    pub fn wait_version(&self, version: &str) -> i32 {
+        let want = format!("version={version} ");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Ok(r) = self.get("/") {
+                if r.status == 200 && r.body.starts_with(&want) {
+                    return r.demo_pid();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never served {version}:\n{}",
+                self.log()
+            );
+            self.assert_running();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until `/` answers from a demo other than `pid`; returns the new pid.
+    pub fn wait_pid_change(&self, pid: i32) -> i32 {
+        wait_for(&format!("a demo other than {pid}"), || {
+            self.assert_running();
+            self.get("/")
+                .ok()
+                .filter(|r| r.status == 200 && r.demo_pid() != pid)
+                .map(|r| r.demo_pid())
+        })
+    }
+
+    /// Waits for liveroll to exit (bounded by [`PATIENCE`]).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let status = wait_for("liveroll to exit", || self.process.try_wait().unwrap());
+        self.exited = Some(status);
+        status
+    }
+}
+
+impl Drop for Liveroll {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.process.try_wait().ok().flatten().is_none() {
+            let _ = kill(self.pid(), Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while self.process.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.process.kill();
+            let _ = self.process.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- liveroll log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Whether process `pid` is gone (a zombie counts as gone: it holds nothing).
+pub fn process_gone(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            let state = stat[stat.rfind(')').unwrap() + 1..]
+                .split_whitespace()
+                .next()
+                .unwrap();
+            state == "Z" || state == "X"
+        }
+    }
+}
+
+/// The pids of the live demo processes started for this scratch directory.
+pub fn demo_pids(scratch: &Scratch) -> Vec<i32> {
+    let label = format!("--label {} ", scratch.dir.display());
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.starts_with(DEMO) && cmdline.contains(&label) && !process_gone(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn port_is_free(port: u16) -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The demo's pid, from its `X-Demo-Pid` header.
+    pub fn demo_pid(&self) -> i32 {
+        self.header("x-demo-pid")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// One request on a new connection.
+pub fn request(port: u16, method: &str, path: &str, body: &[u8]) -> std::io::Result<Response> {
+    Conn::open(port)?.send(method, path, body, true)
+}
+
+/// A client connection that can be kept alive across requests.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> std::io::Result<Conn> {
+        let stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        close: bool,
+    ) -> std::io::Result<Response> {
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        self.stream.write_all(head.as_bytes())?;
+        self.stream.write_all(body)?;
+        self.read_response(method == "HEAD")
+    }
+
+    pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
+        let (status, headers, head_len) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut parsed = httparse::Response::new(&mut headers);
+            match parsed.parse(&self.buf).map_err(std::io::Error::other)? {
+                httparse::Status::Complete(len) => {
+                    let headers: Vec<(String, String)> = parsed
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect();
+                    break (parsed.code.unwrap(), headers, len);
+                }
+                httparse::Status::Partial => self.fill()?,
+            }
+        };
+        self.buf.drain(..head_len);
+        let mut response = Response {
+            status,
+            headers,
+            body: String::new(),
+        };
+        let body = if head_only || status == 204 || status == 304 {
+            Vec::new()
+        } else if let Some(len) = response
+            .header("content-length")
+            .and_then(|l| l.parse().ok())
+        {
+            self.take(len)?
+        } else if response
+            .header("transfer-encoding")
+            .is_some_and(|t| t.contains("chunked"))
+        {
+            self.take_chunked()?
+        } else {
+            while self.fill().is_ok() {}
+            std::mem::take(&mut self.buf)
+        };
+        response.body = String::from_utf8_lossy(&body).into_owned();
+        Ok(response)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16384];
+        match self.stream.read(&mut chunk)? {
+            0 => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            )),
+            n => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+        }
+    }
+
+    fn take(&mut self, len: usize) -> std::io::Result<Vec<u8>> {
+        while self.buf.len() < len {
+            self.fill()?;
+        }
+        Ok(self.buf.drain(..len).collect())
+    }
+
+    fn take_line(&mut self) -> std::io::Result<String> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 2);
+                return Ok(line);
+            }
+            self.fill()?;
+        }
+    }
+
+    fn take_chunked(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.take_line()?;
+            let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                .map_err(std::io::Error::other)?;
+            if size == 0 {
+                while !self.take_line()?.is_empty() {}
+                return Ok(body);
+            }
+            body.extend(self.take(size)?);
+            self.take_line()?;
+        }
+    }
+}
+
+/// Reads a file the way a test wants it: trimmed, or empty if missing.
+pub fn read_trimmed(path: &Path) -> String {
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}

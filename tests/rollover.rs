@@ -1,0 +1,211 @@
+//! Rollovers with the real binary and the real demo app: what starts,
+//! what restarts, and what must not be lost on the way.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[test]
+fn startup_serves_the_first_child() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &[]);
+    let pid = liveroll.wait_version("v1");
+    let r = liveroll.get("/").unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains(&format!("pid={pid}")), "{}", r.body);
+    liveroll.wait_log("event=rolled trigger=startup id=v1", 1);
+}
+
+#[test]
+fn unchanged_id_does_not_restart() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &["--interval", "50ms"]);
+    let pid = liveroll.wait_version("v1");
+    liveroll.wait_log("event=unchanged trigger=interval id=v1", 5);
+    assert_eq!(liveroll.get("/").unwrap().demo_pid(), pid);
+    assert_eq!(
+        liveroll.log().matches("event=spawn").count(),
+        1,
+        "{}",
+        liveroll.log()
+    );
+}
+
+#[test]
+fn changed_id_rolls_and_the_old_tree_is_gone() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &["--interval", "50ms"]);
+    let old = liveroll.wait_version("v1");
+    scratch.set_version("v2");
+    let new = liveroll.wait_version("v2");
+    assert_ne!(old, new);
+    // The demo is a grandchild (sh stays its parent): only a group kill reaches it.
+    wait_for("the old demo to exit", || process_gone(old).then_some(()));
+    liveroll.wait_log("event=rolled trigger=interval id=v2", 1);
+    for _ in 0..10 {
+        assert_eq!(
+            liveroll.get("/").unwrap().demo_pid(),
+            new,
+            "only the new child serves"
+        );
+    }
+}
+
+#[test]
+fn sighup_restarts_with_the_same_id_and_only_the_new_child_serves() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &[]);
+    let mut pid = liveroll.wait_version("v1");
+    for round in 1..=3 {
+        liveroll.signal(Signal::SIGHUP);
+        let new = liveroll.wait_pid_change(pid);
+        liveroll.wait_log("event=rolled trigger=sighup id=v1", round);
+        wait_for("the previous demo to exit", || {
+            process_gone(pid).then_some(())
+        });
+        assert_eq!(demo_pids(&scratch), vec![new], "exactly one demo runs");
+        for _ in 0..6 {
+            let r = liveroll.get("/").unwrap();
+            assert_eq!((r.status, r.demo_pid()), (200, new), "{}", r.body);
+        }
+        pid = new;
+    }
+    // The seed's second SIGHUP killed a child with SIGKILL; here every
+    // retirement is a SIGTERM the demo finishes cleanly.
+    assert!(!liveroll.log().contains("event=kill"), "{}", liveroll.log());
+}
+
+#[test]
+fn a_killed_child_is_replaced() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &[]);
+    let pid = liveroll.wait_version("v1");
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    let new = liveroll.wait_pid_change(pid);
+    assert_ne!(new, pid);
+    liveroll.wait_log("event=exit unexpected=true", 1);
+    liveroll.wait_log("event=rolled trigger=child-exit id=v1", 1);
+}
+
+#[test]
+fn a_slow_request_in_flight_during_a_rollover_completes() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &[]);
+    let old = liveroll.wait_version("v1");
+    let port = liveroll.ports.proxy;
+    let slow = thread::spawn(move || request(port, "GET", "/slow?ms=1500", b""));
+    liveroll.wait_log("slow request started", 1);
+    liveroll.signal(Signal::SIGHUP);
+    liveroll.wait_log("event=drain", 1);
+    assert!(
+        liveroll.log().contains("inflight=1"),
+        "the drain saw the request: {}",
+        liveroll.log()
+    );
+    let response = slow.join().unwrap().unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.demo_pid(),
+        old,
+        "served by the old child while it drained"
+    );
+    liveroll.wait_pid_change(old);
+}
+
+#[test]
+fn continuous_requests_across_rollovers_never_fail() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &["--interval", "100ms"]);
+    let mut pid = liveroll.wait_version("v1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let port = liveroll.ports.proxy;
+    let clients: Vec<_> = (0..4)
+        .map(|n| {
+            let (stop, ok) = (stop.clone(), ok.clone());
+            thread::spawn(move || -> Vec<String> {
+                let mut failures = Vec::new();
+                let mut conn = None;
+                while !stop.load(Ordering::Relaxed) {
+                    // Half the clients keep their connection, half open one per request.
+                    let keep_alive = n % 2 == 0;
+                    let result = match (keep_alive, conn.as_mut()) {
+                        (true, Some(c)) => Conn::send(c, "GET", "/", b"", false),
+                        (true, None) => Conn::open(port).and_then(|mut c| {
+                            let r = c.send("GET", "/", b"", false);
+                            conn = Some(c);
+                            r
+                        }),
+                        (false, _) => request(port, "POST", "/echo", b"hello"),
+                    };
+                    match result {
+                        Ok(r) if r.status == 200 => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                            if r.header("connection") == Some("close") {
+                                conn = None;
+                            }
+                        }
+                        Ok(r) => failures.push(format!("HTTP {}: {}", r.status, r.body)),
+                        Err(e) => {
+                            failures.push(format!("{e}"));
+                            conn = None;
+                        }
+                    }
+                }
+                failures
+            })
+        })
+        .collect();
+    for round in 0..6 {
+        if round % 2 == 0 {
+            liveroll.signal(Signal::SIGHUP);
+        } else {
+            scratch.set_version(&format!("v{}", round + 1));
+        }
+        let new = liveroll.wait_pid_change(pid);
+        wait_for("the retired demo to exit", || {
+            process_gone(pid).then_some(())
+        });
+        pid = new;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let failures: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} failed of {}: {:?}",
+        failures.len(),
+        ok.load(Ordering::Relaxed),
+        &failures[..failures.len().min(10)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100, "the load actually ran");
+}
+
+#[test]
+fn proxy_adds_forwarding_headers() {
+    let scratch = Scratch::new();
+    let liveroll = Liveroll::start(&scratch, &[]);
+    liveroll.wait_version("v1");
+    let r = liveroll.get("/headers").unwrap();
+    assert!(
+        r.body.contains("X-Forwarded-For: 127.0.0.1\n"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("X-Forwarded-Proto: http\n"), "{}", r.body);
+    assert!(
+        r.body.contains("X-Forwarded-Host: 127.0.0.1\n"),
+        "{}",
+        r.body
+    );
+    let echoed = request(liveroll.ports.proxy, "POST", "/echo", b"payload").unwrap();
+    assert_eq!(echoed.body, "payload");
+}

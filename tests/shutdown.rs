@@ -1,0 +1,92 @@
+//! SIGTERM, SIGINT and SIGQUIT: in-flight requests finish, every child's
+//! process group is stopped, nothing keeps a port, exit status 0.
+
+mod common;
+
+use std::thread;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+#[test]
+fn stop_signals_leave_no_process_and_no_port_behind() {
+    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT] {
+        let scratch = Scratch::new();
+        let mut liveroll = Liveroll::start(&scratch, &[]);
+        let pid = liveroll.wait_version("v1");
+        let (proxy, child) = (liveroll.ports.proxy, liveroll.ports.child1);
+        liveroll.signal(signal);
+        let status = liveroll.wait_exit();
+        assert_eq!(status.code(), Some(0), "{signal}: {}", liveroll.log());
+        assert!(process_gone(pid), "{signal}: demo {pid} survived");
+        assert!(demo_pids(&scratch).is_empty(), "{signal}");
+        assert!(
+            port_is_free(proxy) && port_is_free(child),
+            "{signal}: a port is still bound"
+        );
+        assert!(
+            liveroll.log().contains("event=stopped"),
+            "{signal}: {}",
+            liveroll.log()
+        );
+    }
+}
+
+#[test]
+fn a_request_in_flight_at_sigterm_completes() {
+    let scratch = Scratch::new();
+    let mut liveroll = Liveroll::start(&scratch, &[]);
+    liveroll.wait_version("v1");
+    let port = liveroll.ports.proxy;
+    let slow = thread::spawn(move || request(port, "GET", "/slow?ms=1000", b""));
+    // Signal once the request has reached the child.
+    liveroll.wait_log("slow request started", 1);
+    liveroll.signal(Signal::SIGTERM);
+    let response = slow.join().unwrap().unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert!(
+        response.body.starts_with("slow version=v1"),
+        "{}",
+        response.body
+    );
+    assert_eq!(liveroll.wait_exit().code(), Some(0));
+    assert!(demo_pids(&scratch).is_empty());
+}
+
+#[test]
+fn sigterm_during_a_pending_health_check_stops_at_once() {
+    let scratch = Scratch::new();
+    // The first child never listens: liveroll is still waiting for its health.
+    scratch.set_flags("--start-delay 1h");
+    let mut liveroll = Liveroll::start(&scratch, &["--health-timeout", "1h"]);
+    liveroll.wait_log("event=spawn", 1);
+    wait_for("the demo to be running", || {
+        (!demo_pids(&scratch).is_empty()).then_some(())
+    });
+    liveroll.signal(Signal::SIGTERM);
+    assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
+    assert!(
+        demo_pids(&scratch).is_empty(),
+        "the starting child was stopped"
+    );
+    assert!(
+        !liveroll.log().contains("event=kill"),
+        "SIGTERM was enough: {}",
+        liveroll.log()
+    );
+}
+
+#[test]
+fn sigterm_during_a_hung_pull_stops_at_once() {
+    let scratch = Scratch::new();
+    let hang = scratch.path("hang");
+    let pull = format!("if [ -e {} ]; then sleep 1000; fi", hang.display());
+    let mut liveroll = Liveroll::start(&scratch, &["--pull", &pull]);
+    let pid = liveroll.wait_version("v1");
+    scratch.write("hang", "");
+    liveroll.signal(Signal::SIGHUP);
+    liveroll.wait_log("event=update trigger=sighup", 1);
+    liveroll.signal(Signal::SIGTERM);
+    assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
+    assert!(process_gone(pid));
+}
