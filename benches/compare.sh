@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# Load comparison: the demo app direct, behind nginx, and behind liveroll.
+#
+# Usage: benches/compare.sh [all|load|rollover]      (default: all)
+#   DURATION=10s  length of each measured wrk run
+#   ROUNDS=3      rounds; targets and profiles are interleaved inside a round
+#   CONNS=64      wrk connections
+#   ROLLOVERS=20  SIGHUP rollovers timed by the rollover section
+# Defaults take about 4 minutes (3 rounds x 2 profiles x 3 targets x 10 s,
+# plus warm-up and the rollover section).
+#
+# Setup. One backend: the release demo app (`liveroll-demo --port P`). Targets:
+#   direct    wrk -> demo
+#   nginx     wrk -> nginx -> the same demo. One process (`daemon off;
+#             master_process off;`, so its PID is the worker), an `upstream`
+#             with `keepalive 64`, `proxy_http_version 1.1`,
+#             `proxy_set_header Connection ""`, `access_log off`. Client-side
+#             `keepalive_requests` is raised so nginx never closes wrk's
+#             keep-alive connections (its default closes every 1000 requests),
+#             which keeps the connection accounting below exact; the upstream
+#             side keeps nginx's defaults.
+#   liveroll  wrk -> liveroll -> its own demo child (same binary) on its child
+#             port; a Pingora conf with `threads: 1`.
+# Everything binds 127.0.0.1 on free ports and is stopped on exit (trap).
+#
+# Profiles: keep-alive (`wrk -t1 -c64 -d$DURATION --latency`) and
+# connection-per-request (the same plus `-H 'Connection: close'`).
+#
+# Figures per target and profile, median over rounds:
+#   req/s, p50, p99     from wrk --latency.
+#   CPU us/req          utime+stime of the proxy process (fields 14+15 of
+#                       /proc/PID/stat, all its threads; CLK_TCK from
+#                       `getconf CLK_TCK`) before and after the run, over the
+#                       requests wrk completed. Proxy process only: for
+#                       liveroll that is the liveroll process, not its child.
+#                       The last column gives the same for the backend process.
+#   peak RSS MiB        VmHWM of the proxy process from /proc/PID/status; the
+#                       high-water mark is reset before each run (`echo 5 >
+#                       /proc/PID/clear_refs`) where the kernel allows it,
+#                       otherwise it is the peak since the proxy started.
+#   upstream conns/req  connections the backend accepted, per request. The demo
+#                       app has no counter, so this uses the machine-wide
+#                       TcpPassiveOpens (`nstat -az TcpPassiveOpens`; it counts
+#                       one per connection accepted by any listener). Over a
+#                       run it is wrk->proxy accepts + proxy->backend accepts.
+#                       wrk's own connections are known: CONNS in keep-alive
+#                       (neither the demo, nginx as configured, nor Pingora
+#                       closes a keep-alive client connection), and one per
+#                       request plus up to CONNS still open at the end with
+#                       `Connection: close`. So upstream accepts = delta - CONNS
+#                       (keep-alive) or delta - requests - CONNS (close); the
+#                       error of the close figure is below CONNS/requests.
+#                       For `direct` the same formula has no upstream to count
+#                       and shows the method's zero, in parentheses. Any other
+#                       TCP accept on the machine during a run inflates it:
+#                       liveroll's own active health checks of its child (one
+#                       connection per --health-interval, default 2 s) add a
+#                       few per run to every row, and other programs' traffic
+#                       on the machine shows up in the direct row's zero.
+#
+# Rollover (`compare.sh rollover`, also the last section of `all`): a separate
+# liveroll with the demo; benches/rollover.py sends SIGHUP, polls `GET /`
+# through liveroll every 1 ms until X-Demo-Pid changes, waits for the old
+# child to exit, and repeats ROLLOVERS times; median and max are printed.
+
+set -euo pipefail
+
+MODE=${1:-all}
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+ROLLOVERS=${ROLLOVERS:-20}
+WARMUP=${WARMUP:-2s}
+case $MODE in
+    all | load | rollover) ;;
+    *)
+        echo "usage: $0 [all|load|rollover]" >&2
+        exit 2
+        ;;
+esac
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+DEMO=$BIN/liveroll-demo
+LIVEROLL=$BIN/liveroll
+
+log() { printf '%s\n' "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+
+# --- tools -----------------------------------------------------------------
+
+install_missing() {
+    local pkgs=()
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
+    command -v nstat >/dev/null && command -v ss >/dev/null || pkgs+=(iproute2)
+    if ((${#pkgs[@]})); then
+        log "installing ${pkgs[*]}"
+        $SUDO apt-get install -y "${pkgs[@]}" ||
+            { $SUDO apt-get update && $SUDO apt-get install -y "${pkgs[@]}"; }
+    fi
+}
+
+# --- processes ---------------------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/liveroll-compare.XXXXXX")
+STARTED=()    # PIDs to stop on exit, in start order
+EXTRA_PIDS=() # liveroll's children: killed only if liveroll had to be killed
+
+stop_pid() { # PID SECONDS: SIGTERM, then SIGKILL after SECONDS
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < $2 * 20; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.05
+    done
+    log "pid $pid did not stop within $2 s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+    return 1
+}
+
+cleanup() {
+    local i killed=0
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        # liveroll drains and stops its children itself; give it time.
+        stop_pid "${STARTED[i]}" 40 || killed=1
+    done
+    if ((killed)); then
+        for i in "${EXTRA_PIDS[@]}"; do kill -KILL "$i" 2>/dev/null || true; done
+    fi
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+USED_PORTS=" "
+free_port() { # VAR: a free 127.0.0.1 port below the ephemeral range
+    local lo p _
+    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+    ((lo > 12000)) || lo=32768
+    for _ in $(seq 500); do
+        p=$((10000 + RANDOM % (lo - 10000)))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if [ -z "$(ss -Htan "( sport = :$p )")" ]; then
+            USED_PORTS+="$p "
+            printf -v "$1" '%s' "$p"
+            return
+        fi
+    done
+    die "no free port found"
+}
+
+# `GET /` on 127.0.0.1:PORT with bash's /dev/tcp; prints "STATUS PID" (PID
+# from X-Demo-Pid, may be empty), nothing if the connection fails.
+probe() (
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 0
+    printf 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3
+    local line status="" pid=""
+    IFS= read -r -t 5 line <&3 || exit 0
+    status=$(printf '%s' "$line" | cut -d' ' -f2)
+    while IFS= read -r -t 5 line <&3; do
+        line=${line%$'\r'}
+        [ -z "$line" ] && break
+        case ${line,,} in x-demo-pid:*)
+            pid=${line#*:}
+            pid=${pid// /}
+            ;;
+        esac
+    done
+    printf '%s %s\n' "$status" "$pid"
+) 2>/dev/null
+
+wait_ready() { # NAME PORT PID LOG: until GET / answers 200
+    local i
+    for ((i = 0; i < 600; i++)); do
+        kill -0 "$3" 2>/dev/null || {
+            cat "$4" >&2
+            die "$1 exited before answering"
+        }
+        case $(probe "$2") in 200\ *) return 0 ;; esac
+        sleep 0.05
+    done
+    cat "$4" >&2
+    die "$1 did not answer 200 on port $2 within 30 s"
+}
+
+start_backend() {
+    free_port BACKEND_PORT
+    "$DEMO" --port "$BACKEND_PORT" >"$TMP/backend.log" 2>&1 &
+    BACKEND_PID=$!
+    STARTED+=("$BACKEND_PID")
+    wait_ready backend "$BACKEND_PORT" "$BACKEND_PID" "$TMP/backend.log"
+}
+
+start_nginx() {
+    local nginx dir=$TMP/nginx extra=""
+    nginx=$(command -v nginx || echo /usr/sbin/nginx)
+    free_port NGINX_PORT
+    mkdir -p "$dir"
+    # Temp paths of the modules this nginx has, so it needs no /var/lib/nginx.
+    for m in fastcgi uwsgi scgi; do
+        "$nginx" -V 2>&1 | grep -q -- "--without-http_${m}_module" ||
+            extra+="    ${m}_temp_path $dir/$m;"$'\n'
+    done
+    cat >"$dir/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+$extra
+    upstream backend {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        keepalive_requests 100000000;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    "$nginx" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    STARTED+=("$NGINX_PID")
+    wait_ready nginx "$NGINX_PORT" "$NGINX_PID" "$dir/error.log"
+}
+
+start_liveroll() { # NAME: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHILD
+    local name=$1 port c1 c2 pid
+    free_port port
+    free_port c1
+    free_port c2
+    printf 'version: 1\nthreads: 1\n' >"$TMP/$name.yaml"
+    RUST_LOG=${RUST_LOG:-warn} "$LIVEROLL" -c "$TMP/$name.yaml" \
+        --bind 127.0.0.1 --port "$port" --child-port1 "$c1" --child-port2 "$c2" \
+        --pull true --id 'echo bench' --interval 1h \
+        --exec "'$DEMO' --port <<PORT>>" >"$TMP/$name.log" 2>&1 &
+    pid=$!
+    STARTED+=("$pid")
+    wait_ready liveroll "$port" "$pid" "$TMP/$name.log"
+    printf -v "${name}_PORT" '%s' "$port"
+    printf -v "${name}_PID" '%s' "$pid"
+    local child
+    child=$(probe "$port" | cut -d' ' -f2)
+    [ -n "$child" ] || die "liveroll's child sent no X-Demo-Pid"
+    EXTRA_PIDS+=("$child")
+    printf -v "${name}_CHILD" '%s' "$child"
+}
+
+# --- measuring ---------------------------------------------------------------
+
+cpu_ticks() { # PID: utime + stime (all threads), in clock ticks
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+passive_opens() {
+    if command -v nstat >/dev/null; then
+        nstat -asz TcpPassiveOpens | awk '$1 == "TcpPassiveOpens" { print $2 }'
+    else
+        awk '$1 == "Tcp:" && !h { for (i = 1; i <= NF; i++) c[$i] = i; h = 1; next }
+             $1 == "Tcp:" { print $c["PassiveOpens"] }' /proc/net/snmp
+    fi
+}
+
+to_us() { # wrk latency like 612.00us, 1.23ms, 1.01s -> microseconds
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) print n; else if (v ~ /ms$/) print n * 1000
+        else if (v ~ /m$/) print n * 60e6; else if (v ~ /s$/) print n * 1e6; else print n
+    }'
+}
+
+median() {
+    printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 }
+        END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2];
+              else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+declare -A RES # "target|profile|metric" -> space-separated per-round values
+
+# TARGET PROFILE PORT PROXY_PID BACKEND_PID: one measured wrk run.
+run_wrk() {
+    local target=$1 profile=$2 port=$3 proxy=$4 backend=$5
+    local hdr=() out=$TMP/wrk.out c0 c1 b0 b1 o0 o1
+    [ "$profile" = close ] && hdr=(-H 'Connection: close')
+    [ "$proxy" = - ] || { echo 5 >"/proc/$proxy/clear_refs"; } 2>/dev/null || true
+    [ "$proxy" = - ] || c0=$(cpu_ticks "$proxy")
+    b0=$(cpu_ticks "$backend")
+    o0=$(passive_opens)
+    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$out"
+    o1=$(passive_opens)
+    b1=$(cpu_ticks "$backend")
+    [ "$proxy" = - ] || c1=$(cpu_ticks "$proxy")
+
+    local requests rps p50 p99 wrk_conns
+    requests=$(awk '/ requests in / { print $1 }' "$out")
+    rps=$(awk '$1 == "Requests/sec:" { print $2 }' "$out")
+    p50=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
+    if [ -z "$requests" ] || ((requests == 0)); then
+        cat "$out" >&2
+        die "$target/$profile: wrk completed no request"
+    fi
+    if grep -qE 'Socket errors|Non-2xx' "$out"; then
+        log "  warning: $target/$profile: $(grep -E 'Socket errors|Non-2xx' "$out" | tr -s ' ' | paste -sd';')"
+    fi
+    if [ "$profile" = close ]; then
+        wrk_conns=$((requests + CONNS))
+    else
+        wrk_conns=$CONNS
+    fi
+
+    local key="$target|$profile|"
+    RES[${key}rps]+=" $rps"
+    RES[${key}p50]+=" $p50"
+    RES[${key}p99]+=" $p99"
+    RES[${key}conns]+=" $(awk -v d=$((o1 - o0 - wrk_conns)) -v r="$requests" 'BEGIN { printf "%.4f", d / r }')"
+    RES[${key}bcpu]+=" $(awk -v t=$((b1 - b0)) -v hz="$HZ" -v r="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / r }')"
+    if [ "$proxy" != - ]; then
+        RES[${key}cpu]+=" $(awk -v t=$((c1 - c0)) -v hz="$HZ" -v r="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / r }')"
+        RES[${key}rss]+=" $(awk '$1 == "VmHWM:" { printf "%.1f", $2 / 1024 }' "/proc/$proxy/status")"
+    fi
+    log "  $target/$profile: $rps req/s, p50 ${p50} us, p99 ${p99} us, $requests requests, accepts $((o1 - o0))"
+}
+
+fmt_lat() { # microseconds -> "612 us" / "1.23 ms"
+    awk -v u="$1" 'BEGIN { if (u >= 1000) printf "%.2f ms", u / 1000; else printf "%.0f us", u }'
+}
+
+load() {
+    install_missing
+    HZ=$(getconf CLK_TCK)
+    start_backend
+    start_nginx
+    start_liveroll LR
+    log "backend :$BACKEND_PORT (pid $BACKEND_PID), nginx :$NGINX_PORT (pid $NGINX_PID)," \
+        "liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
+    log "nginx: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+
+    local -A port=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [liveroll]=$LR_PORT)
+    local -A proxy=([direct]=- [nginx]=$NGINX_PID [liveroll]=$LR_PID)
+    local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [liveroll]=$LR_CHILD)
+    local targets=(direct nginx liveroll) profiles=(keepalive close) t p r
+
+    log "warm-up: $WARMUP per target"
+    for t in "${targets[@]}"; do
+        wrk -t1 -c"$CONNS" -d"$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
+    done
+    for ((r = 1; r <= ROUNDS; r++)); do
+        log "round $r/$ROUNDS (DURATION=$DURATION, CONNS=$CONNS)"
+        for p in "${profiles[@]}"; do
+            for t in "${targets[@]}"; do
+                run_wrk "$t" "$p" "${port[$t]}" "${proxy[$t]}" "${backend[$t]}"
+            done
+        done
+    done
+
+    echo
+    echo "Median of $ROUNDS rounds, wrk -t1 -c$CONNS -d$DURATION; $(nproc) CPUs; proxies with 1 worker thread."
+    echo
+    echo "| target | profile | req/s | p50 | p99 | CPU µs/req | peak RSS MiB | upstream conns/req | backend CPU µs/req |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    local k cpu rss conns
+    for p in "${profiles[@]}"; do
+        for t in "${targets[@]}"; do
+            k="$t|$p|"
+            # shellcheck disable=SC2086 # word splitting of the value lists is intended
+            if [ "$t" = direct ]; then
+                cpu=-
+                rss=-
+                conns="($(median ${RES[${k}conns]}))"
+            else
+                cpu=$(median ${RES[${k}cpu]})
+                rss=$(median ${RES[${k}rss]})
+                conns=$(median ${RES[${k}conns]})
+            fi
+            # shellcheck disable=SC2086
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" \
+                "$([ "$p" = close ] && echo 'Connection: close' || echo keep-alive)" \
+                "$(median ${RES[${k}rps]})" "$(fmt_lat "$(median ${RES[${k}p50]})")" \
+                "$(fmt_lat "$(median ${RES[${k}p99]})")" "$cpu" "$rss" "$conns" \
+                "$(median ${RES[${k}bcpu]})"
+        done
+    done
+    echo
+    echo "CPU µs/req and peak RSS: the proxy process only. upstream conns/req: backend accepts per"
+    echo "request from TcpPassiveOpens deltas (see the script header); for direct, in parentheses,"
+    echo "the same formula where no upstream exists (the method's zero)."
+}
+
+rollover() {
+    command -v python3 >/dev/null || die "the rollover section needs python3"
+    start_liveroll RO
+    log "rollover: liveroll :$RO_PORT (pid $RO_PID); $ROLLOVERS x SIGHUP"
+    echo
+    python3 "$ROOT/benches/rollover.py" "$RO_PID" "$RO_PORT" "$ROLLOVERS"
+    stop_pid "$RO_PID" 40 || true
+}
+
+log "building (cargo build --release)"
+cargo build --release >&2
+
+case $MODE in
+    load) load ;;
+    rollover) rollover ;;
+    all)
+        load
+        rollover
+        ;;
+esac
