@@ -4,13 +4,24 @@
 //! only loads it and bumps a cursor, so the request path takes no lock and
 //! allocates nothing. Each backend counts the requests in flight on it, which
 //! is what retirement waits for before it signals the old child.
+//!
+//! A published backend can be passed over without being removed: for a short
+//! while after a connect to it failed (passive ejection, decided by the
+//! proxy), or while active health checks find it failing (decided by the
+//! monitor). When no backend can be picked, requests wait for one
+//! ([`BackendSet::acquire`]) instead of failing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+
+/// How often a waiting request looks again even without news: passive
+/// ejections end by the clock, not by a notification.
+const RECHECK: Duration = Duration::from_millis(100);
 
 /// One published child.
 #[derive(Debug)]
@@ -21,6 +32,10 @@ pub struct Backend {
     pub generation: u64,
     inflight: AtomicUsize,
     live: AtomicBool,
+    /// Failing its health checks: not picked until it recovers.
+    unhealthy: AtomicBool,
+    /// Passed over until this time (nanoseconds after [`epoch`]); 0 = never.
+    ejected_until: AtomicU64,
 }
 
 impl Backend {
@@ -30,11 +45,26 @@ impl Backend {
             generation,
             inflight: AtomicUsize::new(0),
             live: AtomicBool::new(true),
+            unhealthy: AtomicBool::new(false),
+            ejected_until: AtomicU64::new(0),
         })
     }
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn is_unhealthy(&self) -> bool {
+        self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new request may be sent here now.
+    fn eligible(&self) -> bool {
+        if self.is_unhealthy() {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until == 0 || now_nanos() >= until
     }
 
     /// Waits until no request is in flight on this backend, or `timeout` passes.
@@ -67,10 +97,19 @@ impl Drop for Lease {
     }
 }
 
+fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
 #[derive(Default)]
 pub struct BackendSet {
     list: ArcSwap<Vec<Arc<Backend>>>,
     cursor: AtomicUsize,
+    /// Woken whenever a backend may have become pickable.
+    changed: Notify,
+    /// Requests waiting in [`acquire`](Self::acquire) now.
+    waiting: AtomicUsize,
 }
 
 impl BackendSet {
@@ -86,24 +125,66 @@ impl BackendSet {
         self.len() == 0
     }
 
-    /// Picks the next backend round-robin, skipping `avoid` (the generation that
-    /// just failed) whenever another one exists.
-    pub fn select(&self, avoid: Option<u64>) -> Option<Lease> {
+    /// Picks the next eligible backend round-robin, or none if none is.
+    pub fn select(&self) -> Option<Lease> {
         let list = self.list.load();
         let n = list.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let mut fallback = None;
-        for i in 0..n {
-            let backend = &list[(start + i) % n];
-            if Some(backend.generation) == avoid {
-                fallback = Some(backend);
-                continue;
-            }
-            if let Some(lease) = Self::lease(backend) {
-                return Some(lease);
+        (0..n)
+            .map(|i| &list[(start + i) % n])
+            .filter(|backend| backend.eligible())
+            .find_map(Self::lease)
+    }
+
+    /// Like [`select`](Self::select), but waits for a backend to become
+    /// available until `deadline`, unless `max_waiting` requests already wait.
+    pub async fn acquire(
+        &self,
+        deadline: tokio::time::Instant,
+        max_waiting: usize,
+    ) -> Option<Lease> {
+        if let Some(lease) = self.select() {
+            return Some(lease);
+        }
+        // Counted down on drop, also when the caller stops waiting (client gone).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        fallback.and_then(Self::lease)
+        let waiting = Waiting(&self.waiting);
+        if waiting.0.fetch_add(1, Ordering::Relaxed) >= max_waiting {
+            return None;
+        }
+        self.wait(deadline).await
+    }
+
+    /// Requests waiting for a backend now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Backends a request could be sent to now.
+    pub fn eligible(&self) -> usize {
+        self.list.load().iter().filter(|b| b.eligible()).count()
+    }
+
+    async fn wait(&self, deadline: tokio::time::Instant) -> Option<Lease> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before looking, so a publish in between is not missed.
+            changed.as_mut().enable();
+            if let Some(lease) = self.select() {
+                return Some(lease);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + RECHECK), changed).await;
+        }
     }
 
     /// Counts the request in first, then checks the backend is still live: with
@@ -122,6 +203,21 @@ impl BackendSet {
             next.push(backend.clone());
             next
         });
+        self.changed.notify_waiters();
+    }
+
+    /// Passes `backend` over for `period` (a connect to it just failed).
+    pub fn eject(&self, backend: &Backend, period: Duration) {
+        let until = now_nanos() + period.as_nanos() as u64;
+        backend.ejected_until.store(until, Ordering::Relaxed);
+    }
+
+    /// Marks a backend as failing (or passing again) its health checks.
+    pub fn set_unhealthy(&self, backend: &Backend, unhealthy: bool) {
+        backend.unhealthy.store(unhealthy, Ordering::Relaxed);
+        if !unhealthy {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Removes a backend so no new request picks it; requests already on it
@@ -138,6 +234,7 @@ impl BackendSet {
         });
         if let Some(backend) = &removed {
             backend.live.store(false, Ordering::SeqCst);
+            self.changed.notify_waiters();
         }
         removed
     }
@@ -158,7 +255,7 @@ mod tests {
 
     #[test]
     fn empty_set_selects_nothing() {
-        assert!(BackendSet::new().select(None).is_none());
+        assert!(BackendSet::new().select().is_none());
     }
 
     #[test]
@@ -167,7 +264,7 @@ mod tests {
         set.publish(Backend::new(addr(1), 1));
         set.publish(Backend::new(addr(2), 2));
         let picks: Vec<u64> = (0..4)
-            .map(|_| set.select(None).unwrap().backend().generation)
+            .map(|_| set.select().unwrap().backend().generation)
             .collect();
         assert_eq!(picks[0], picks[2]);
         assert_eq!(picks[1], picks[3]);
@@ -175,16 +272,67 @@ mod tests {
     }
 
     #[test]
-    fn avoided_backend_is_skipped_unless_alone() {
+    fn ejected_and_unhealthy_backends_are_passed_over() {
         let set = BackendSet::new();
-        set.publish(Backend::new(addr(1), 1));
-        for _ in 0..3 {
-            assert_eq!(set.select(Some(1)).unwrap().backend().generation, 1);
+        let one = Backend::new(addr(1), 1);
+        let two = Backend::new(addr(2), 2);
+        set.publish(one.clone());
+        set.publish(two.clone());
+        set.eject(&one, Duration::from_secs(3600));
+        for _ in 0..4 {
+            assert_eq!(set.select().unwrap().backend().generation, 2);
         }
-        set.publish(Backend::new(addr(2), 2));
-        for _ in 0..5 {
-            assert_eq!(set.select(Some(1)).unwrap().backend().generation, 2);
-        }
+        set.set_unhealthy(&two, true);
+        assert!(set.select().is_none(), "nothing eligible");
+        set.set_unhealthy(&two, false);
+        assert_eq!(set.select().unwrap().backend().generation, 2);
+        set.eject(&one, Duration::ZERO);
+        let picks: Vec<u64> = (0..2)
+            .map(|_| set.select().unwrap().backend().generation)
+            .collect();
+        assert!(picks.contains(&1), "an ejection ends: {picks:?}");
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_for_a_publish() {
+        let set = Arc::new(BackendSet::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let waiter = tokio::spawn({
+            let set = set.clone();
+            async move {
+                set.acquire(deadline, 10)
+                    .await
+                    .map(|l| l.backend().generation)
+            }
+        });
+        tokio::task::yield_now().await;
+        set.publish(Backend::new(addr(1), 9));
+        assert_eq!(waiter.await.unwrap(), Some(9));
+    }
+
+    #[tokio::test]
+    async fn acquire_gives_up_at_the_deadline() {
+        let set = BackendSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+        assert!(set.acquire(deadline, 10).await.is_none());
+        assert_eq!(set.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_gives_up_is_no_longer_counted() {
+        let set = BackendSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), set.acquire(deadline, 10)).await;
+        assert!(gave_up.is_err());
+        assert_eq!(set.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn acquire_refuses_to_wait_past_the_limit() {
+        let set = BackendSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        assert!(set.acquire(deadline, 0).await.is_none());
     }
 
     #[test]
@@ -192,8 +340,8 @@ mod tests {
         let set = BackendSet::new();
         let backend = Backend::new(addr(1), 7);
         set.publish(backend.clone());
-        let a = set.select(None).unwrap();
-        let b = set.select(None).unwrap();
+        let a = set.select().unwrap();
+        let b = set.select().unwrap();
         assert_eq!(backend.inflight(), 2);
         drop(a);
         assert_eq!(backend.inflight(), 1);
@@ -210,7 +358,7 @@ mod tests {
         assert_eq!(set.remove(1).unwrap().generation, 1);
         assert!(set.remove(1).is_none());
         for _ in 0..4 {
-            assert_eq!(set.select(None).unwrap().backend().generation, 2);
+            assert_eq!(set.select().unwrap().backend().generation, 2);
         }
         assert_eq!(backend.inflight(), 0);
         assert_eq!(set.len(), 1);
@@ -221,7 +369,7 @@ mod tests {
         let set = Arc::new(BackendSet::new());
         let backend = Backend::new(addr(1), 1);
         set.publish(backend.clone());
-        let lease = set.select(None).unwrap();
+        let lease = set.select().unwrap();
         set.remove(1);
         assert!(!backend.drained(Duration::from_millis(30)).await);
         let release = tokio::spawn(async move { drop(lease) });

@@ -1,40 +1,70 @@
-//! The reverse proxy: round-robin over the healthy children, retrying a
-//! failed connect on the next one.
+//! The reverse proxy: round-robin over the healthy children. A request that
+//! finds no child waits for one (bounded) instead of failing, and a request
+//! whose child fails is retried on another where that is safe.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use log::info;
 use pingora_core::prelude::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
+use tokio::time::Instant;
 
 use crate::backends::{BackendSet, Lease};
+use crate::metrics::METRICS;
 
-const NO_BACKEND_BODY: &[u8] = b"503 Service Unavailable: no healthy backend\n";
-/// Connect attempts per request. Nothing has been sent when a connect fails,
-/// so retrying is safe for every method; three covers both slots and one more.
-const MAX_CONNECT_ATTEMPTS: u8 = 3;
+/// Attempts per request. Each failed attempt ejects its backend for
+/// [`EJECT_FOR`], so the next one goes elsewhere or waits for a replacement.
+const MAX_ATTEMPTS: u8 = 4;
+/// How long a backend that refused a connection is passed over.
+const EJECT_FOR: Duration = Duration::from_secs(1);
+
+pub struct Settings {
+    /// How long a request may wait for a healthy child.
+    pub hold_timeout: Duration,
+    /// How many requests may wait at once; past it they get 503 at once.
+    pub max_held: usize,
+    /// Log one line per request (target `access`).
+    pub access_log: bool,
+}
 
 pub struct Proxy {
     backends: Arc<BackendSet>,
+    settings: Settings,
 }
 
 impl Proxy {
-    pub fn new(backends: Arc<BackendSet>) -> Self {
-        Proxy { backends }
+    pub fn new(backends: Arc<BackendSet>, settings: Settings) -> Self {
+        Proxy { backends, settings }
+    }
+
+    /// Waits for a backend while no child can take the request, within the
+    /// hold limits. `client_gone` resolves if the client disconnects first.
+    async fn hold(
+        &self,
+        deadline: Instant,
+        client_gone: impl std::future::Future,
+    ) -> Option<Lease> {
+        tokio::select! {
+            lease = self.backends.acquire(deadline, self.settings.max_held) => lease,
+            _ = client_gone => None,
+        }
     }
 }
 
-#[derive(Default)]
 pub struct Ctx {
     /// The backend this request is on; held until the request ends, so
     /// retirement can wait for it.
     lease: Option<Lease>,
-    /// The backend whose connect failed last, avoided by the next pick.
-    failed: Option<u64>,
     attempts: u8,
+    /// When waiting for a backend must end.
+    hold_until: Instant,
+    /// Set only with the access log on, so it costs nothing otherwise.
+    started: Option<std::time::Instant>,
 }
 
 #[async_trait]
@@ -42,35 +72,52 @@ impl ProxyHttp for Proxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            lease: None,
+            attempts: 0,
+            hold_until: Instant::now() + self.settings.hold_timeout,
+            started: self.settings.access_log.then(std::time::Instant::now),
+        }
     }
 
-    /// Answers 503 at once when no child is healthy (rather than a 502 from a
-    /// failed connect), with a body that says why.
+    /// Picks a backend, waiting for one if none is healthy yet (startup, or
+    /// the only child died and its replacement is starting). A request
+    /// without a body notices its client leaving while it waits.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.lease = self.backends.select(None);
+        ctx.lease = self.backends.select();
         if ctx.lease.is_some() {
             return Ok(false);
         }
-        let mut resp = ResponseHeader::build(503, Some(4))?;
-        resp.insert_header("Content-Type", "text/plain")?;
-        resp.insert_header("Content-Length", NO_BACKEND_BODY.len())?;
-        resp.insert_header("Retry-After", "1")?;
-        session
-            .as_downstream_mut()
-            .write_error_response(resp, Bytes::from_static(NO_BACKEND_BODY))
-            .await?;
+        let has_body = has_body(session.req_header());
+        let downstream = session.as_downstream_mut();
+        let client_gone = async {
+            if has_body {
+                std::future::pending::<()>().await;
+            } else {
+                let _ = downstream.read_body_or_idle(true).await;
+            }
+        };
+        ctx.lease = self.hold(ctx.hold_until, client_gone).await;
+        if ctx.lease.is_some() {
+            return Ok(false);
+        }
+        respond_unavailable(session).await?;
         Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.attempts += 1;
         if ctx.lease.is_none() {
-            // A retry: the failed lease was released in `fail_to_connect`.
-            ctx.lease = self.backends.select(ctx.failed);
+            // A retry: the failed attempt released its lease.
+            ctx.lease = self
+                .hold(ctx.hold_until, std::future::pending::<()>())
+                .await;
         }
         let Some(lease) = &ctx.lease else {
-            return Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend left");
+            return Error::e_explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend within --hold-timeout",
+            );
         };
         let backend = lease.backend();
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
@@ -80,6 +127,8 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
+    /// Nothing was sent, so a retry is safe for every method; the backend is
+    /// passed over for a moment so the retry goes elsewhere (or waits).
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -87,9 +136,40 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.failed = ctx.lease.take().map(|lease| lease.backend().generation);
-        if ctx.attempts < MAX_CONNECT_ATTEMPTS {
-            e.set_retry(true);
+        if let Some(lease) = ctx.lease.take() {
+            self.backends.eject(lease.backend(), EJECT_FOR);
+        }
+        e.set_retry(ctx.attempts < MAX_ATTEMPTS);
+        if e.retry() {
+            METRICS.retry();
+        }
+        e
+    }
+
+    /// The connection failed after the request (or part of it) was sent.
+    /// Errors Pingora marks "reused only" happened before any response
+    /// byte arrived: an idempotent request is then retried whatever the
+    /// connection (its child may have just died); any other method only when
+    /// the connection was a pooled one that turned out closed. A body larger
+    /// than Pingora's retry buffer (64 KiB) is never resent.
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        ctx.lease = None;
+        if session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS {
+            e.set_retry(false);
+        } else if session.req_header().method.is_idempotent() {
+            e.retry.decide_reuse(true);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        if e.retry() {
+            METRICS.retry();
         }
         e
     }
@@ -126,6 +206,32 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        METRICS.response(status);
+        if let Some(started) = ctx.started {
+            let req = session.req_header();
+            let client = session
+                .client_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let upstream = ctx
+                .lease
+                .as_ref()
+                .map(|l| l.backend().addr.port())
+                .unwrap_or(0);
+            info!(
+                target: "access",
+                "client={client} method={} path={:?} status={status} upstream_port={upstream} attempts={} duration_ms={:.1}{}",
+                req.method,
+                req.uri.path_and_query().map_or("", |p| p.as_str()),
+                ctx.attempts,
+                started.elapsed().as_secs_f64() * 1000.0,
+                error.map(|e| format!(" error=\"{e}\"")).unwrap_or_default(),
+            );
+        }
+    }
+
     /// A client that goes away is ordinary traffic, not an error to log.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
         *error.esource() == ErrorSource::Downstream
@@ -134,4 +240,27 @@ impl ProxyHttp for Proxy {
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             )
     }
+}
+
+/// Whether the request announces a body (HTTP/1.1 framing headers).
+fn has_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key("transfer-encoding")
+        || req
+            .headers
+            .get("content-length")
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
+const NO_BACKEND_BODY: &[u8] = b"503 Service Unavailable: no healthy backend\n";
+
+/// 503 with a body that says why and a hint when to come back.
+async fn respond_unavailable(session: &mut Session) -> Result<()> {
+    let mut resp = ResponseHeader::build(503, Some(4))?;
+    resp.insert_header("Content-Type", "text/plain")?;
+    resp.insert_header("Content-Length", NO_BACKEND_BODY.len())?;
+    resp.insert_header("Retry-After", "1")?;
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from_static(NO_BACKEND_BODY))
+        .await
 }

@@ -168,7 +168,10 @@ fn a_child_port_held_by_another_process_is_never_used() {
 fn with_no_healthy_child_the_proxy_answers_503() {
     let scratch = Scratch::new();
     scratch.set_flags("--unhealthy");
-    let liveroll = Liveroll::start(&scratch, &["--health-timeout", "200ms"]);
+    let liveroll = Liveroll::start(
+        &scratch,
+        &["--health-timeout", "200ms", "--hold-timeout", "100ms"],
+    );
     liveroll.wait_log("event=update_failed trigger=startup step=health", 1);
     let r = liveroll.get("/").unwrap();
     assert_eq!(r.status, 503);
@@ -184,7 +187,7 @@ fn with_no_healthy_child_the_proxy_answers_503() {
 fn a_failed_startup_is_retried_at_the_next_interval() {
     let scratch = Scratch::new();
     scratch.set_version("");
-    let liveroll = Liveroll::start(&scratch, &["--interval", "100ms"]);
+    let liveroll = Liveroll::start(&scratch, &["--interval", "100ms", "--hold-timeout", "10ms"]);
     liveroll.wait_log("printed an empty ID", 1);
     assert_eq!(liveroll.get("/").unwrap().status, 503);
     scratch.set_version("v1");

@@ -1,13 +1,19 @@
 //! A tiny HTTP app that stands in for a container in the README and the tests.
 //!
 //! `GET /` prints its version and pid; the health path answers 200 (or 503
-//! with `--unhealthy`); `/slow?ms=N` answers after N ms; `/echo` returns the
-//! request body; `/headers` prints the request headers. It binds with
-//! `SO_REUSEADDR`, and on SIGTERM stops accepting, finishes the requests in
-//! flight and exits 0.
+//! with `--unhealthy`, or after `POST /admin/fail-health` until
+//! `POST /admin/pass-health`); `/slow?ms=N` answers after N ms; `/echo`
+//! returns the request body; `/headers` prints the request headers;
+//! `/events?n=N&interval_ms=M` streams N server-sent events; `/ws` is a
+//! WebSocket echo. It binds with `SO_REUSEADDR`, and on SIGTERM stops
+//! accepting, finishes the requests in flight (ending streams and WebSockets
+//! cleanly) and exits 0.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use base64::Engine;
 
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +49,8 @@ struct Args {
 }
 
 const MAX_HEAD: usize = 64 * 1024;
+/// Flipped by `/admin/fail-health` and `/admin/pass-health`.
+static FAILING_HEALTH: AtomicBool = AtomicBool::new(false);
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
@@ -132,6 +140,13 @@ async fn serve(mut stream: TcpStream, args: Args, mut stop: watch::Receiver<bool
                 return;
             }
         };
+        let path = request.path.split('?').next().unwrap_or("");
+        if path == "/ws" {
+            return websocket(stream, &request, &buf, stop).await;
+        }
+        if path == "/events" {
+            return events(stream, &request, stop).await;
+        }
         let (status, reason, body) = route(&request, &args).await;
         let close = request.close || *stop.borrow();
         if respond(&mut stream, status, reason, &body, close)
@@ -148,10 +163,16 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
     let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
     let who = format!("version={} pid={}\n", args.app_version, std::process::id());
     match (req.method.as_str(), path) {
-        (_, p) if p == args.healthcheck => match args.unhealthy {
-            true => (503, "Service Unavailable", b"unhealthy\n".to_vec()),
-            false => (200, "OK", b"ok\n".to_vec()),
-        },
+        (_, p) if p == args.healthcheck => {
+            match args.unhealthy || FAILING_HEALTH.load(Ordering::Relaxed) {
+                true => (503, "Service Unavailable", b"unhealthy\n".to_vec()),
+                false => (200, "OK", b"ok\n".to_vec()),
+            }
+        }
+        ("POST", "/admin/fail-health" | "/admin/pass-health") => {
+            FAILING_HEALTH.store(path.ends_with("fail-health"), Ordering::Relaxed);
+            (200, "OK", format!("health {path}\n").into_bytes())
+        }
         ("GET" | "HEAD", "/") => (200, "OK", who.into_bytes()),
         (_, "/slow") => {
             let ms = query
@@ -267,4 +288,158 @@ async fn respond(
     out.extend_from_slice(head.as_bytes());
     out.extend_from_slice(body);
     stream.write_all(&out).await
+}
+
+fn query_number(req: &Request, key: &str, default: u64) -> u64 {
+    let query = req.path.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Server-sent events, one chunk each, so a buffering proxy would show.
+/// A stop request ends the stream early (cleanly, with the last chunk).
+async fn events(mut stream: TcpStream, req: &Request, mut stop: watch::Receiver<bool>) {
+    let n = query_number(req, "n", 3);
+    let interval = Duration::from_millis(query_number(req, "interval_ms", 100));
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for i in 1..=n {
+        let event = format!("data: event {i} pid={}\n\n", std::process::id());
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            return;
+        }
+        if i < n {
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.wait_for(|&s| s) => break,
+            }
+        }
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+}
+
+/// A WebSocket that echoes each text or binary message back as text, prefixed
+/// with the pid. A stop request sends a close frame.
+async fn websocket(
+    mut stream: TcpStream,
+    req: &Request,
+    leftover: &[u8],
+    mut stop: watch::Receiver<bool>,
+) {
+    let header = |name: &str| {
+        req.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    let Some(key) = header("sec-websocket-key") else {
+        let _ = respond(
+            &mut stream,
+            400,
+            "Bad Request",
+            b"not a websocket request\n",
+            true,
+        )
+        .await;
+        return;
+    };
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    );
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let mut buf = leftover.to_vec();
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut stream, &mut buf) => frame,
+            _ = stop.wait_for(|&s| s) => None,
+        };
+        match frame {
+            Some((opcode, payload)) if opcode == 1 || opcode == 2 => {
+                let mut reply = format!("pid={}: ", std::process::id()).into_bytes();
+                reply.extend_from_slice(&payload);
+                if stream.write_all(&frame_bytes(1, &reply)).await.is_err() {
+                    return;
+                }
+            }
+            Some((9, payload)) => {
+                let _ = stream.write_all(&frame_bytes(10, &payload)).await;
+            }
+            Some((8, _)) | None => {
+                let _ = stream.write_all(&frame_bytes(8, &[])).await;
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Reads one (masked, client-to-server) frame: opcode and unmasked payload.
+async fn read_frame(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<(u8, Vec<u8>)> {
+    loop {
+        if buf.len() >= 2 {
+            let opcode = buf[0] & 0x0f;
+            let masked = buf[1] & 0x80 != 0;
+            let (len, mut at) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                126 | 127 => (usize::MAX, 0),
+                n => (n as usize, 2),
+            };
+            if len != usize::MAX && len <= MAX_BODY {
+                let mask_len = if masked { 4 } else { 0 };
+                if buf.len() >= at + mask_len + len {
+                    let mask: Vec<u8> = buf[at..at + mask_len].to_vec();
+                    at += mask_len;
+                    let mut payload = buf[at..at + len].to_vec();
+                    if masked {
+                        payload
+                            .iter_mut()
+                            .enumerate()
+                            .for_each(|(i, b)| *b ^= mask[i % 4]);
+                    }
+                    buf.drain(..at + len);
+                    return Some((opcode, payload));
+                }
+            } else if len != usize::MAX {
+                return None;
+            }
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// An unmasked (server-to-client) frame.
+fn frame_bytes(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    out
 }

@@ -7,7 +7,9 @@ use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -139,6 +141,15 @@ impl Liveroll {
     }
 
     pub fn start_on(scratch: &Scratch, ports: Ports, extra: &[&str]) -> Liveroll {
+        Self::start_with_env(scratch, ports, extra, &[])
+    }
+
+    pub fn start_with_env(
+        scratch: &Scratch,
+        ports: Ports,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Liveroll {
         let mut args: Vec<String> = vec![
             "--bind".into(),
             "127.0.0.1".into(),
@@ -162,26 +173,41 @@ impl Liveroll {
             "5s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(scratch, ports, &args)
+        Self::spawn(scratch, ports, &args, env)
     }
 
-    pub fn spawn(scratch: &Scratch, ports: Ports, args: &[String]) -> Liveroll {
+    pub fn spawn(
+        scratch: &Scratch,
+        ports: Ports,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Liveroll {
         let log = scratch.path("liveroll.log");
         let out = fs::File::create(&log).unwrap();
         let process = Command::new(LIVEROLL)
             .args(args)
             .env("RUST_LOG", "debug,pingora_core=info,pingora_proxy=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .unwrap();
-        Liveroll {
+        let liveroll = Liveroll {
             process,
             ports,
             log,
             exited: None,
-        }
+        };
+        // Tests talk to the proxy at once: wait until it listens (or liveroll
+        // has exited, which the test then looks at).
+        let proxy = liveroll.ports.proxy;
+        wait_for("the proxy to listen", || {
+            (TcpStream::connect((Ipv4Addr::LOCALHOST, proxy)).is_ok()
+                || process_gone(liveroll.process.id() as i32))
+            .then_some(())
+        });
+        liveroll
     }
 
     pub fn pid(&self) -> Pid {
@@ -480,4 +506,94 @@ pub fn read_trimmed(path: &Path) -> String {
     fs::read_to_string(path)
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Load from several client threads: keep-alive GETs, a GET per new
+/// connection, and POSTs with a body. Returns failures by kind.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    threads: Vec<thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    /// `kinds`: any of "keep-alive GET", "new-connection GET", "POST"
+    /// (2 KB bodies on a kept-alive connection), "slow GET" (200 ms each).
+    pub fn start(port: u16, kinds: &[&'static str]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let threads = kinds
+            .iter()
+            .map(|&kind| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut conn: Option<Conn> = None;
+                    let body = vec![b'x'; 2000];
+                    while !stop.load(Ordering::Relaxed) {
+                        let (method, path, payload, keep) = match kind {
+                            "keep-alive GET" => ("GET", "/", &b""[..], true),
+                            "new-connection GET" => ("GET", "/", &b""[..], false),
+                            "slow GET" => ("GET", "/slow?ms=200", &b""[..], false),
+                            "POST" => ("POST", "/echo", &body[..], true),
+                            other => panic!("unknown load kind {other}"),
+                        };
+                        let result = if keep {
+                            let c = match conn.take() {
+                                Some(c) => Ok(c),
+                                None => Conn::open(port),
+                            };
+                            c.and_then(|mut c| {
+                                let r = c.send(method, path, payload, false);
+                                conn = Some(c);
+                                r
+                            })
+                        } else {
+                            request(port, method, path, payload)
+                        };
+                        match result {
+                            Ok(r)
+                                if r.status == 200
+                                    && (kind != "POST" || r.body.len() == body.len()) =>
+                            {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                if r.header("connection") == Some("close") {
+                                    conn = None;
+                                }
+                            }
+                            Ok(r) => failures.push(format!(
+                                "{kind}: HTTP {} {}",
+                                r.status,
+                                r.body.trim()
+                            )),
+                            Err(e) => {
+                                failures.push(format!("{kind}: {e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        Load { stop, ok, threads }
+    }
+
+    /// Waits until `n` more requests have succeeded.
+    pub fn wait_progress(&self, n: usize) {
+        let target = self.ok.load(Ordering::Relaxed) + n;
+        wait_for("the load to make progress", || {
+            (self.ok.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    pub fn finish(self) -> (usize, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
 }
