@@ -6,7 +6,7 @@
 //! Every group liveroll starts is recorded until it is gone, so shutdown (and
 //! a last sweep in `main`) reaches all of them.
 
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,8 +14,9 @@ use log::{info, warn};
 use nix::errno::Errno;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use tokio::process::Command;
 use tokio::sync::watch;
+
+use crate::commands;
 
 /// Process groups started and not yet seen gone.
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());
@@ -43,12 +44,7 @@ impl Child {
         generation: u64,
         on_exit: impl FnOnce(ExitStatus) + Send + 'static,
     ) -> std::io::Result<Child> {
-        let mut process = Command::new("sh")
-            .arg("-c")
-            .arg(cmd)
-            .process_group(0)
-            .stdin(Stdio::null())
-            .spawn()?;
+        let mut process = commands::shell(cmd).spawn()?;
         let pid = process
             .id()
             .expect("a child that was just spawned has a pid") as i32;

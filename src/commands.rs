@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use crate::notify;
+
 /// Most bytes of an ID we accept; anything longer is not a version string.
 pub const MAX_ID_BYTES: usize = 4096;
 /// How much of a failed command's stderr goes into the error.
@@ -43,6 +45,21 @@ impl fmt::Display for CommandError {
     }
 }
 
+/// `sh -c cmd` in a process group of its own, with no stdin and without
+/// liveroll's systemd variables (a child must not notify in its name).
+pub fn shell(cmd: &str) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .process_group(0)
+        .stdin(Stdio::null());
+    for var in notify::PRIVATE_ENV {
+        command.env_remove(var);
+    }
+    command
+}
+
 /// Kills a command's process group if it is dropped before it finished
 /// (timeout, or the update abandoned at shutdown).
 struct GroupGuard(Option<Pid>);
@@ -62,11 +79,7 @@ pub async fn run(
     timeout: Duration,
     stdout_limit: usize,
 ) -> Result<Vec<u8>, CommandError> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .process_group(0)
-        .stdin(Stdio::null())
+    let mut child = shell(cmd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)

@@ -57,6 +57,31 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_COMMAND_TIMEOUT", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub command_timeout: Duration,
 
+    /// How long a request waits for a healthy child before it gets 503.
+    #[arg(long, env = "LIVEROLL_HOLD_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub hold_timeout: Duration,
+
+    /// Most requests waiting for a healthy child at once; more get 503 at once.
+    #[arg(
+        long,
+        env = "LIVEROLL_MAX_HELD",
+        default_value_t = 1024,
+        value_name = "N"
+    )]
+    pub max_held: usize,
+
+    /// Time between health checks of serving children (0s turns them off).
+    #[arg(long, env = "LIVEROLL_HEALTH_INTERVAL", default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub health_interval: Duration,
+
+    /// Consecutive failed checks that take a serving child out of the proxy.
+    #[arg(long, env = "LIVEROLL_UNHEALTHY_THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub unhealthy_threshold: u32,
+
+    /// Consecutive passed checks that bring an ejected child back.
+    #[arg(long, env = "LIVEROLL_HEALTHY_THRESHOLD", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub healthy_threshold: u32,
+
     /// Port the reverse proxy listens on.
     #[arg(long, env = "LIVEROLL_PORT", default_value_t = 8080, value_parser = parse_port)]
     pub port: u16,
@@ -77,6 +102,14 @@ pub struct Config {
     /// Port of the second child slot.
     #[arg(long = "child-port2", env = "LIVEROLL_CHILD_PORT2", default_value_t = 9102, value_parser = parse_port)]
     pub child_port2: u16,
+
+    /// Serve /metrics, /status and /ready on this address (e.g. 127.0.0.1:9100).
+    #[arg(long, env = "LIVEROLL_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Log one line per proxied request (log target `access`).
+    #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
+    pub access_log: bool,
 
     /// Pingora YAML file for worker tuning (threads, keep-alive pool, ...).
     #[arg(short = 'c', long, env = "LIVEROLL_CONF", value_name = "FILE")]

@@ -18,6 +18,9 @@ use crate::child::Child;
 use crate::commands::{self, CommandError};
 use crate::config::Config;
 use crate::health::{self, HealthError};
+use crate::metrics::{self, METRICS};
+use crate::notify;
+use crate::status::{ChildReport, Status, UpdateReport};
 use crate::trigger::{Reason, Trigger, Triggers};
 
 /// A child that ran at least this long before crashing resets the back-off.
@@ -56,13 +59,20 @@ pub enum Outcome {
     Rolled,
 }
 
+/// A published child and its entry in the proxy's set.
+struct Serving {
+    child: Child,
+    backend: Arc<Backend>,
+}
+
 pub struct Rollout {
     config: Arc<Config>,
     backends: Arc<BackendSet>,
     triggers: Arc<Triggers>,
     /// Children exiting report their generation here.
     exits: mpsc::UnboundedSender<u64>,
-    slots: [Option<Child>; 2],
+    status: Arc<Status>,
+    slots: [Option<Serving>; 2],
     next_generation: u64,
     crash_streak: u32,
 }
@@ -72,6 +82,7 @@ impl Rollout {
         config: Arc<Config>,
         backends: Arc<BackendSet>,
         triggers: Arc<Triggers>,
+        status: Arc<Status>,
         exits: mpsc::UnboundedSender<u64>,
     ) -> Self {
         Rollout {
@@ -79,25 +90,32 @@ impl Rollout {
             backends,
             triggers,
             exits,
+            status,
             slots: [None, None],
             next_generation: 1,
             crash_streak: 0,
         }
     }
 
-    /// Runs one update and logs its outcome.
+    /// Runs one update, then logs and reports its outcome.
     pub async fn run(&mut self, trigger: Trigger) {
         let started = Instant::now();
         debug!(
             "event=update trigger={} forced={}",
             trigger.reason, trigger.forced
         );
-        match self.update(trigger).await {
-            Ok(Outcome::Unchanged) => debug!(
-                "event=unchanged trigger={} id={}",
-                trigger.reason,
-                self.current().map_or("", |c| c.id.as_str())
-            ),
+        let result = self.update(trigger).await;
+        let took = started.elapsed();
+        let (outcome, error) = match &result {
+            Ok(Outcome::Unchanged) => {
+                debug!(
+                    "event=unchanged trigger={} id={}",
+                    trigger.reason,
+                    self.serving_id()
+                );
+                METRICS.rollout(metrics::Rollout::Unchanged);
+                ("unchanged", None)
+            }
             Ok(Outcome::Rolled) => {
                 let c = self.current().expect("a rollout leaves a current child");
                 info!(
@@ -107,20 +125,59 @@ impl Rollout {
                     c.slot + 1,
                     c.port,
                     c.pid,
-                    started.elapsed().as_millis()
+                    took.as_millis()
                 );
+                METRICS.rollout(metrics::Rollout::Rolled(took));
+                ("rolled", None)
             }
-            Err(e) => match self.current() {
-                Some(c) => error!(
-                    "event=update_failed trigger={} {e} serving_id={} serving_port={}",
-                    trigger.reason, c.id, c.port
-                ),
-                None => error!(
-                    "event=update_failed trigger={} {e} serving_id=none",
-                    trigger.reason
-                ),
-            },
+            Err(e) => {
+                error!(
+                    "event=update_failed trigger={} {e} serving_id={}",
+                    trigger.reason,
+                    self.serving_id()
+                );
+                METRICS.rollout(metrics::Rollout::Failed);
+                ("failed", Some(e.to_string()))
+            }
+        };
+        self.status.update_done(UpdateReport {
+            trigger: trigger.reason.to_string(),
+            result: outcome,
+            error,
+            duration_ms: took.as_millis(),
+        });
+        // systemd: startup ends with the first child serving; a reload ends
+        // with this update, whatever its result.
+        let serving = self.serving_text();
+        if self.current().is_some() && (trigger.reload || !notify::is_ready()) {
+            self.status.ready_phase(serving);
+        } else {
+            self.status.phase(serving);
         }
+    }
+
+    fn serving_id(&self) -> &str {
+        self.current().map_or("none", |c| c.id.as_str())
+    }
+
+    fn serving_text(&self) -> String {
+        match self.current() {
+            Some(c) => format!("serving id={} port={} pid={}", c.id, c.port, c.pid),
+            None => "no child serving".into(),
+        }
+    }
+
+    /// Tells [`Status`] which children exist, with the one being started or
+    /// retired (no longer, or not yet, in a slot).
+    fn report(&self, other: Option<(&Child, &'static str)>) {
+        let mut reports: Vec<ChildReport> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|s| child_report(&s.child, "serving", Some(s.backend.clone())))
+            .collect();
+        reports.extend(other.map(|(child, state)| child_report(child, state, None)));
+        self.status.children(reports);
     }
 
     /// One update, top to bottom like the seed's diagram.
@@ -128,6 +185,8 @@ impl Rollout {
         let c = self.config.clone();
 
         // 1. Pull the artifact, then ask for its ID.
+        self.status
+            .phase(format!("pulling (trigger={})", trigger.reason));
         commands::run(&c.pull, c.command_timeout, 0)
             .await
             .map_err(UpdateError::Pull)?;
@@ -147,10 +206,14 @@ impl Rollout {
 
         // 4. Start the new child in its own process group.
         let child = self.spawn(slot, &id).map_err(UpdateError::Spawn)?;
+        self.status
+            .phase(format!("starting id={id} port={}", child.port));
+        self.report(Some((&child, "starting")));
 
         // 5. Wait for its health check; if it fails, it goes and the old one stays.
         if let Err(error) = health::wait_healthy(&child, &c.healthcheck, c.health_timeout).await {
             child.terminate(c.kill_timeout).await;
+            self.report(None);
             return Err(UpdateError::Unhealthy {
                 port: child.port,
                 pid: child.pid,
@@ -166,14 +229,16 @@ impl Rollout {
 
         // 6. Publish it to the proxy; its ID is now the current one.
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, child.port));
-        self.backends.publish(Backend::new(addr, child.generation));
+        let backend = Backend::new(addr, child.generation);
+        self.backends.publish(backend.clone());
         info!(
             "event=publish slot={} port={} pid={} id={id}",
             slot + 1,
             child.port,
             child.pid
         );
-        self.slots[slot] = Some(child);
+        self.slots[slot] = Some(Serving { child, backend });
+        self.report(None);
 
         // 7. Retire the previous generation: every other child.
         for other in 0..self.slots.len() {
@@ -184,12 +249,14 @@ impl Rollout {
         Ok(Outcome::Rolled)
     }
 
-    /// The newest child that is still running: its ID is the current one.
+    /// The newest child that is running and passing its health checks: its
+    /// ID is the current one. With none, any update goes ahead.
     fn current(&self) -> Option<&Child> {
         self.slots
             .iter()
             .flatten()
-            .filter(|c| c.exit_status().is_none())
+            .filter(|s| s.child.exit_status().is_none() && !s.backend.is_unhealthy())
+            .map(|s| &s.child)
             .max_by_key(|c| c.generation)
     }
 
@@ -239,10 +306,13 @@ impl Rollout {
     /// Takes a child out of the proxy, lets its requests finish (bounded by
     /// `--drain-timeout`), then terminates its process group.
     async fn retire(&mut self, slot: usize) {
-        let Some(child) = self.slots[slot].take() else {
+        let Some(Serving { child, .. }) = self.slots[slot].take() else {
             return;
         };
+        self.report(Some((&child, "draining")));
         if let Some(backend) = self.backends.remove(child.generation) {
+            self.status
+                .phase(format!("draining port={} pid={}", child.port, child.pid));
             info!(
                 "event=drain slot={} port={} pid={} id={} inflight={}",
                 slot + 1,
@@ -262,6 +332,7 @@ impl Rollout {
             }
         }
         child.terminate(self.config.kill_timeout).await;
+        self.report(None);
     }
 
     /// A child's shell exited. If it was still serving, it crashed: clean up
@@ -271,11 +342,11 @@ impl Rollout {
         let Some(slot) = self
             .slots
             .iter()
-            .position(|c| c.as_ref().is_some_and(|c| c.generation == generation))
+            .position(|s| s.as_ref().is_some_and(|s| s.child.generation == generation))
         else {
             return; // retired or failed on purpose
         };
-        let child = self.slots[slot].take().expect("slot was just found");
+        let Serving { child, .. } = self.slots[slot].take().expect("slot was just found");
         let ran = child.started.elapsed();
         warn!(
             "event=exit unexpected=true slot={} port={} pid={} id={} status=\"{}\" ran_ms={}",
@@ -288,7 +359,10 @@ impl Rollout {
                 .map_or_else(|| "unknown".into(), |s| s.to_string()),
             ran.as_millis()
         );
+        METRICS.child_restart();
         child.terminate(self.config.kill_timeout).await;
+        self.report(None);
+        self.status.phase(self.serving_text());
 
         self.crash_streak = if ran >= CRASH_RESET_AFTER {
             0
@@ -302,6 +376,17 @@ impl Rollout {
             tokio::time::sleep(delay).await;
             triggers.request(Reason::ChildExited);
         });
+    }
+}
+
+fn child_report(child: &Child, state: &'static str, backend: Option<Arc<Backend>>) -> ChildReport {
+    ChildReport {
+        slot: child.slot,
+        port: child.port,
+        pid: child.pid,
+        id: child.id.clone(),
+        state,
+        backend,
     }
 }
 

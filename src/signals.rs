@@ -15,6 +15,7 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use crate::notify;
 use crate::trigger::{Reason, Triggers};
 
 /// Given to Pingora's `RunArgs`: resolves once a stop signal arrived.
@@ -47,6 +48,7 @@ pub fn listen(triggers: Arc<Triggers>, stop: Arc<watch::Sender<bool>>) -> std::i
             let name = tokio::select! {
                 _ = hup.recv() => {
                     info!("event=signal signal=SIGHUP action=forced-update");
+                    notify::reloading();
                     triggers.request(Reason::Sighup);
                     continue;
                 }

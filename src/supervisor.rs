@@ -1,6 +1,7 @@
 //! The supervisor: a Pingora background service that waits for triggers and
 //! runs updates one at a time, and on shutdown drains and stops every child.
 
+use std::future::Future;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,16 +14,19 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::backends::BackendSet;
-use crate::child;
 use crate::config::Config;
 use crate::rollout::Rollout;
-use crate::signals;
+use crate::status::Status;
 use crate::trigger::{Reason, Triggers};
+use crate::{admin, child, monitor, notify, signals};
 
 pub struct Supervisor {
     config: Arc<Config>,
     backends: Arc<BackendSet>,
+    status: Arc<Status>,
     triggers: Arc<Triggers>,
+    /// Bound in `main` so a taken port fails before anything starts.
+    admin: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// Set by a stop signal; Pingora's shutdown follows from it.
     stop: Arc<watch::Sender<bool>>,
     /// Told once every child is gone, so `main` can exit without waiting out
@@ -34,13 +38,16 @@ impl Supervisor {
     pub fn new(
         config: Arc<Config>,
         backends: Arc<BackendSet>,
+        admin: Option<std::net::TcpListener>,
         stop: watch::Sender<bool>,
         finished: Sender<()>,
     ) -> Self {
         Supervisor {
+            status: Arc::new(Status::new(&config)),
             config,
             backends,
             triggers: Arc::new(Triggers::new()),
+            admin: std::sync::Mutex::new(admin),
             stop: Arc::new(stop),
             finished,
         }
@@ -49,6 +56,7 @@ impl Supervisor {
     /// Stops serving: waits (bounded) for requests in flight, then terminates
     /// every child's process group.
     async fn shut_down(&self) {
+        self.status.stopping();
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
         for backend in self.backends.all() {
@@ -64,16 +72,9 @@ impl Supervisor {
         child::terminate_all(self.config.kill_timeout).await;
         info!("event=stopped took_ms={}", started.elapsed().as_millis());
     }
-}
 
-#[async_trait]
-impl BackgroundService for Supervisor {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        if let Err(e) = signals::listen(self.triggers.clone(), self.stop.clone()) {
-            error!("event=fatal error=\"cannot install signal handlers: {e}\"");
-            std::process::exit(1);
-        }
-
+    /// Starts the tasks that run beside the update loop.
+    fn spawn_helpers(&self) {
         let triggers = self.triggers.clone();
         let period = self.config.interval;
         tokio::spawn(async move {
@@ -84,35 +85,84 @@ impl BackgroundService for Supervisor {
                 triggers.request(Reason::Interval);
             }
         });
+        tokio::spawn(monitor::run(
+            self.config.clone(),
+            self.backends.clone(),
+            self.triggers.clone(),
+        ));
+        if let Some(listener) = self.admin.lock().unwrap().take() {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(admin::serve(
+                        listener,
+                        self.status.clone(),
+                        self.backends.clone(),
+                    ));
+                }
+                Err(e) => error!("event=admin_failed error=\"{e}\""),
+            }
+        }
+    }
+}
+
+/// Runs `work` to its end, pinging systemd's watchdog meanwhile; gives up
+/// (returns false) if shutdown starts first. The watchdog is fed from here,
+/// the supervisor's own task, so a wedged supervisor stops feeding it.
+async fn until_shutdown(work: impl Future<Output = ()>, shutdown: &mut ShutdownWatch) -> bool {
+    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return false,
+            _ = &mut work => return true,
+            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => notify::watchdog(),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Supervisor {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Handlers first: a signal must never kill liveroll with children left.
+        if let Err(e) = signals::listen(self.triggers.clone(), self.stop.clone()) {
+            error!("event=fatal error=\"cannot install signal handlers: {e}\"");
+            std::process::exit(1);
+        }
+        self.spawn_helpers();
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
         let mut rollout = Rollout::new(
             self.config.clone(),
             self.backends.clone(),
             self.triggers.clone(),
+            self.status.clone(),
             exits_tx,
         );
         self.triggers.request(Reason::Startup);
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
             // before the update it triggers runs.
-            tokio::select! {
-                biased;
-                _ = shutdown.changed() => break,
-                Some(generation) = exits.recv() => {
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        _ = rollout.child_exited(generation) => {}
-                    }
+            let next = async {
+                tokio::select! {
+                    biased;
+                    Some(generation) = exits.recv() => Err(generation),
+                    trigger = self.triggers.next() => Ok(trigger),
                 }
-                trigger = self.triggers.next() => {
-                    // An update in progress is abandoned at shutdown; every
-                    // child it started is still stopped below.
-                    tokio::select! {
-                        _ = shutdown.changed() => break,
-                        _ = rollout.run(trigger) => {}
-                    }
+            };
+            let mut work = None;
+            if !until_shutdown(async { work = Some(next.await) }, &mut shutdown).await {
+                break;
+            }
+            // An update in progress is abandoned at shutdown; every child it
+            // started is still stopped below.
+            let done = match work.expect("set when the wait finished") {
+                Err(generation) => {
+                    until_shutdown(rollout.child_exited(generation), &mut shutdown).await
                 }
+                Ok(trigger) => until_shutdown(rollout.run(trigger), &mut shutdown).await,
+            };
+            if !done {
+                break;
             }
         }
         self.shut_down().await;

@@ -17,6 +17,8 @@ pub enum Reason {
     Sighup,
     /// A serving child exited on its own.
     ChildExited,
+    /// A serving child failed its health checks.
+    Unhealthy,
 }
 
 impl Reason {
@@ -33,6 +35,7 @@ impl fmt::Display for Reason {
             Reason::Interval => "interval",
             Reason::Sighup => "sighup",
             Reason::ChildExited => "child-exit",
+            Reason::Unhealthy => "unhealthy",
         })
     }
 }
@@ -41,17 +44,24 @@ impl fmt::Display for Reason {
 pub struct Trigger {
     pub reason: Reason,
     pub forced: bool,
+    /// A SIGHUP is among the merged triggers: systemd waits for READY=1
+    /// after this update.
+    pub reload: bool,
 }
 
 impl Trigger {
     fn merge(pending: Option<Trigger>, reason: Reason) -> Trigger {
-        match pending {
+        let reload = reason == Reason::Sighup || pending.is_some_and(|p| p.reload);
+        let mut merged = match pending {
             Some(prev) if prev.forced || !reason.forced() => prev,
             _ => Trigger {
                 reason,
                 forced: reason.forced(),
+                reload,
             },
-        }
+        };
+        merged.reload = reload;
+        merged
     }
 }
 
@@ -100,34 +110,17 @@ mod tests {
     #[test]
     fn forced_wins_whatever_the_order() {
         use Reason::*;
-        assert_eq!(
-            merged(&[Interval, Sighup, Interval]),
-            Trigger {
-                reason: Sighup,
-                forced: true
-            }
-        );
-        assert_eq!(
-            merged(&[Sighup, Interval]),
-            Trigger {
-                reason: Sighup,
-                forced: true
-            }
-        );
-        assert_eq!(
-            merged(&[Interval, Interval]),
-            Trigger {
-                reason: Interval,
-                forced: false
-            }
-        );
-        assert_eq!(
-            merged(&[ChildExited, Sighup]),
-            Trigger {
-                reason: ChildExited,
-                forced: true
-            }
-        );
+        let t = |reason, forced, reload| Trigger {
+            reason,
+            forced,
+            reload,
+        };
+        assert_eq!(merged(&[Interval, Sighup, Interval]), t(Sighup, true, true));
+        assert_eq!(merged(&[Sighup, Interval]), t(Sighup, true, true));
+        assert_eq!(merged(&[Interval, Interval]), t(Interval, false, false));
+        assert_eq!(merged(&[Unhealthy, Interval]), t(Unhealthy, true, false));
+        // The reload survives a merge into an earlier forced trigger.
+        assert_eq!(merged(&[ChildExited, Sighup]), t(ChildExited, true, true));
     }
 
     #[tokio::test]
@@ -137,12 +130,10 @@ mod tests {
             triggers.request(Reason::Interval);
         }
         triggers.request(Reason::Sighup);
+        let next = triggers.next().await;
         assert_eq!(
-            triggers.next().await,
-            Trigger {
-                reason: Reason::Sighup,
-                forced: true
-            }
+            (next.reason, next.forced, next.reload),
+            (Reason::Sighup, true, true)
         );
         // Nothing more is pending.
         let again = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
