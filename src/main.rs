@@ -11,6 +11,9 @@ use liveroll::proxy::{Proxy, Settings};
 use liveroll::supervisor::Supervisor;
 use liveroll::{child, server_conf, signals};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
