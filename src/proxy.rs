@@ -7,11 +7,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use log::info;
+use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
+use std::io::Write;
 use tokio::time::Instant;
 
 use crate::backends::{BackendSet, Lease};
@@ -70,6 +73,10 @@ pub struct Ctx {
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = Ctx;
+
+    /// No downstream modules: Pingora's default adds a (disabled) compression
+    /// module whose context would be built for every request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
@@ -189,14 +196,30 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let forwarded_for = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-                Some(Ok(prior)) if !prior.is_empty() => format!("{prior}, {ip}"),
-                _ => ip.to_string(),
+            // Formatted on the stack: this runs for every request.
+            let mut buf = [0u8; 512];
+            let mut out = &mut buf[..];
+            let prior = req
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.as_bytes())
+                .filter(|v| !v.is_empty());
+            let written = match prior {
+                Some(prior) if prior.len() < 400 => {
+                    out.write_all(prior).and_then(|_| write!(out, ", {ip}"))
+                }
+                _ => write!(out, "{ip}"),
             };
-            req.insert_header("X-Forwarded-For", forwarded_for)?;
+            if written.is_ok() {
+                let len = 512 - out.len();
+                req.insert_header(
+                    "X-Forwarded-For",
+                    HeaderValue::from_bytes(&buf[..len]).map_err(|_| bad_header())?,
+                )?;
+            }
         }
         if !req.headers.contains_key("x-forwarded-proto") {
-            req.insert_header("X-Forwarded-Proto", "http")?;
+            req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
         }
         if !req.headers.contains_key("x-forwarded-host") {
             if let Some(host) = req.headers.get("host").cloned() {
@@ -240,6 +263,10 @@ impl ProxyHttp for Proxy {
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             )
     }
+}
+
+fn bad_header() -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, "invalid X-Forwarded-For")
 }
 
 /// Whether the request announces a body (HTTP/1.1 framing headers).
