@@ -194,12 +194,13 @@ impl Rollout {
         let id = out
             .and_then(|out| commands::parse_id(&out))
             .map_err(UpdateError::Id)?;
-        debug!("event=id id={id}");
 
         // 2. Not forced and this ID already serves: nothing to do.
         if !trigger.forced && self.current().is_some_and(|cur| cur.id == id) {
+            debug!("event=id id={id}");
             return Ok(Outcome::Unchanged);
         }
+        info!("event=id id={id} serving_id={} forced={}", self.serving_id(), trigger.forced);
 
         // 3. A free slot, retiring the non-current child if both are taken.
         let slot = self.free_slot().await?;
