@@ -72,8 +72,9 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs `cmd` with `sh -c`; returns its stdout (at most `stdout_limit` bytes
-/// are kept; more is an error) if it exits 0 within `timeout`.
+/// Runs `cmd` with `sh -c`; returns its stdout if it exits 0 within
+/// `timeout`. Only the first `stdout_limit + 1` bytes are kept, enough for
+/// the caller to tell that there was more.
 pub async fn run(
     cmd: &str,
     timeout: Duration,
@@ -110,11 +111,6 @@ pub async fn run(
         let stderr = String::from_utf8_lossy(&err).trim().replace('\n', " | ");
         return Err(CommandError::Failed { status, stderr });
     }
-    if out.len() > stdout_limit {
-        return Err(CommandError::BadId(format!(
-            "printed more than {stdout_limit} bytes"
-        )));
-    }
     Ok(out)
 }
 
@@ -141,6 +137,11 @@ async fn read_capped(mut stream: impl AsyncRead + Unpin, limit: usize, tail: boo
 
 /// Turns `--id` output into an ID: trimmed, non-empty, printable UTF-8.
 pub fn parse_id(out: &[u8]) -> Result<String, CommandError> {
+    if out.len() > MAX_ID_BYTES {
+        return Err(CommandError::BadId(format!(
+            "printed more than {MAX_ID_BYTES} bytes"
+        )));
+    }
     let text = std::str::from_utf8(out)
         .map_err(|_| CommandError::BadId("printed bytes that are not UTF-8".into()))?;
     let id = text.trim();
@@ -207,8 +208,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_rejects_oversized_output() {
-        let err = run("head -c 5000 /dev/zero", T, 4096).await.unwrap_err();
+    async fn run_keeps_only_what_the_caller_can_use() {
+        let out = run("head -c 5000000 /dev/zero", T, 4096).await.unwrap();
+        assert_eq!(out.len(), 4097);
+        let err = parse_id(&out).unwrap_err();
         assert!(err.to_string().contains("more than 4096 bytes"), "{err}");
     }
 

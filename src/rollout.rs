@@ -200,7 +200,11 @@ impl Rollout {
             debug!("event=id id={id}");
             return Ok(Outcome::Unchanged);
         }
-        info!("event=id id={id} serving_id={} forced={}", self.serving_id(), trigger.forced);
+        info!(
+            "event=id id={id} serving_id={} forced={}",
+            self.serving_id(),
+            trigger.forced
+        );
 
         // 3. A free slot, retiring the non-current child if both are taken.
         let slot = self.free_slot().await?;

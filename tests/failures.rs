@@ -209,3 +209,20 @@ fn pids_running(needle: &str) -> Vec<i32> {
         })
         .collect()
 }
+
+#[test]
+fn an_id_of_megabytes_or_binary_is_a_failed_update() {
+    let scratch = Scratch::new();
+    let mode = scratch.path("id-mode");
+    let id = format!(
+        "case $(cat {m} 2>/dev/null) in big) head -c 5000000 /dev/zero | tr '\\0' a;; binary) printf '\\377\\376';; *) cat {v};; esac",
+        m = mode.display(),
+        v = scratch.path("version").display()
+    );
+    let (liveroll, _, line) = failed_update(&scratch, &["--id", &id], || scratch.write("id-mode", "big"), "id");
+    assert!(line.contains("printed more than 4096 bytes"), "{line}");
+    scratch.write("id-mode", "binary");
+    liveroll.signal(Signal::SIGHUP);
+    liveroll.wait_log("printed bytes that are not UTF-8", 1);
+    assert_eq!(liveroll.get("/").unwrap().status, 200);
+}
