@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Load comparison: the demo app direct, behind nginx, and behind liveroll.
 #
-# Usage: benches/compare.sh [all|load|rollover]      (default: all)
-#   DURATION=10s  length of each measured wrk run
-#   ROUNDS=3      rounds; targets and profiles are interleaved inside a round
-#   CONNS=64      wrk connections
-#   ROLLOVERS=20  SIGHUP rollovers timed by the rollover section
-# Defaults take about 4 minutes (3 rounds x 2 profiles x 3 targets x 10 s,
-# plus warm-up and the rollover section).
+# Usage: benches/compare.sh [all|load|rollover|scale]      (default: all)
+#   DURATION=10s       length of each measured wrk run
+#   ROUNDS=3           rounds; targets and profiles are interleaved inside a round
+#   CONNS=64           wrk connections (load section)
+#   ROLLOVERS=20       SIGHUP rollovers timed by the rollover section
+#   IDLE_CONNS=10000   idle keep-alive connections held by the scale section
+#   SCALE_CONNS=128    wrk connections of the scale section's thread comparison
+# Defaults take about 5 minutes (3 rounds x 2 profiles x 3 targets x 10 s,
+# plus warm-up, the rollover section and the scale section's 3 x 2 x 10 s).
 #
 # Setup. One backend: the release demo app (`liveroll-demo --port P`). Targets:
 #   direct    wrk -> demo
@@ -62,6 +64,26 @@
 # liveroll with the demo; benches/rollover.py sends SIGHUP, polls `GET /`
 # through liveroll every 1 ms until X-Demo-Pid changes, waits for the old
 # child to exit, and repeats ROLLOVERS times; median and max are printed.
+#
+# Scale (`compare.sh scale`, also the last section of `all`). Raises the
+# open-file limit first (`ulimit -n 65536`, else the hard limit; it must reach
+# IDLE_CONNS + 1024), so every server it starts inherits it. Earlier sections'
+# processes are stopped by then.
+#   Idle connections: a fresh liveroll (`threads: 1`, as above) and a fresh
+#   nginx (as above, with worker_connections raised to IDLE_CONNS + 1024, in
+#   front of a fresh demo). For each: VmRSS from /proc/PID/status, then
+#   benches/idle_conns.py opens IDLE_CONNS connections, sends one
+#   `GET / HTTP/1.1` on each, reads the whole 200 response and holds them all
+#   open and idle; VmRSS again (1 s after the last response). KiB per idle
+#   connection = (after - before) / IDLE_CONNS. While they are held the script
+#   counts the server's ESTABLISHED sockets on its port (`ss`), and times one
+#   ordinary `GET /` (a new connection) through the server. User-space memory
+#   only: kernel socket buffers are not in VmRSS.
+#   Worker threads: two liverolls, Pingora conf `threads: 1` and `threads: 2`,
+#   each with its own demo child; `wrk -t2 -c$SCALE_CONNS -d$DURATION
+#   --latency` keep-alive, both interleaved in each of ROUNDS rounds (the order
+#   alternates between rounds); req/s, latency, CPU us/req of liveroll and of
+#   its child as in the load table, and the ratio of the req/s medians.
 
 set -euo pipefail
 
@@ -71,10 +93,15 @@ ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
 ROLLOVERS=${ROLLOVERS:-20}
 WARMUP=${WARMUP:-2s}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+SCALE_CONNS=${SCALE_CONNS:-128}
+WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
+WRK_CONNS=$CONNS
+NGINX_WORKER_CONNECTIONS=4096
 case $MODE in
-    all | load | rollover) ;;
+    all | load | rollover | scale) ;;
     *)
-        echo "usage: $0 [all|load|rollover]" >&2
+        echo "usage: $0 [all|load|rollover|scale]" >&2
         exit 2
         ;;
 esac
@@ -127,7 +154,7 @@ stop_pid() { # PID SECONDS: SIGTERM, then SIGKILL after SECONDS
     return 1
 }
 
-cleanup() {
+stop_all() { # every process started so far, newest first
     local i killed=0
     for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
         # liveroll drains and stops its children itself; give it time.
@@ -136,6 +163,12 @@ cleanup() {
     if ((killed)); then
         for i in "${EXTRA_PIDS[@]}"; do kill -KILL "$i" 2>/dev/null || true; done
     fi
+    STARTED=()
+    EXTRA_PIDS=()
+}
+
+cleanup() {
+    stop_all
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -217,7 +250,7 @@ master_process off;
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
-events { worker_connections 4096; }
+events { worker_connections $NGINX_WORKER_CONNECTIONS; }
 http {
     access_log off;
     client_body_temp_path $dir/body;
@@ -244,12 +277,12 @@ EOF
     wait_ready nginx "$NGINX_PORT" "$NGINX_PID" "$dir/error.log"
 }
 
-start_liveroll() { # NAME: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHILD
-    local name=$1 port c1 c2 pid
+start_liveroll() { # NAME [THREADS]: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHILD
+    local name=$1 threads=${2:-1} port c1 c2 pid
     free_port port
     free_port c1
     free_port c2
-    printf 'version: 1\nthreads: 1\n' >"$TMP/$name.yaml"
+    printf 'version: 1\nthreads: %s\n' "$threads" >"$TMP/$name.yaml"
     RUST_LOG=${RUST_LOG:-warn} "$LIVEROLL" -c "$TMP/$name.yaml" \
         --bind 127.0.0.1 --port "$port" --child-port1 "$c1" --child-port2 "$c2" \
         --pull true --id 'echo bench' --interval 1h \
@@ -306,7 +339,7 @@ run_wrk() {
     [ "$proxy" = - ] || c0=$(cpu_ticks "$proxy")
     b0=$(cpu_ticks "$backend")
     o0=$(passive_opens)
-    wrk -t1 -c"$CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$out"
+    wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$DURATION" --latency "${hdr[@]}" "http://127.0.0.1:$port/" >"$out"
     o1=$(passive_opens)
     b1=$(cpu_ticks "$backend")
     [ "$proxy" = - ] || c1=$(cpu_ticks "$proxy")
@@ -324,9 +357,9 @@ run_wrk() {
         log "  warning: $target/$profile: $(grep -E 'Socket errors|Non-2xx' "$out" | tr -s ' ' | paste -sd';')"
     fi
     if [ "$profile" = close ]; then
-        wrk_conns=$((requests + CONNS))
+        wrk_conns=$((requests + WRK_CONNS))
     else
-        wrk_conns=$CONNS
+        wrk_conns=$WRK_CONNS
     fi
 
     local key="$target|$profile|"
@@ -416,14 +449,170 @@ rollover() {
     stop_pid "$RO_PID" 40 || true
 }
 
+# --- scale -------------------------------------------------------------------
+
+rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
+
+raise_nofile() { # the open-file limit for this shell and everything it starts
+    local need=$((IDLE_CONNS + 1024)) cur
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+    cur=$(ulimit -n)
+    [ "$cur" = unlimited ] || ((cur >= need)) ||
+        die "open-file limit $cur < IDLE_CONNS + 1024 = $need (hard limit $(ulimit -Hn))"
+    log "scale: open-file limit $cur"
+}
+
+declare -A IDLE # "server|field" -> value
+
+# NAME PORT PID: hold IDLE_CONNS idle keep-alive connections to PORT and
+# measure PID's VmRSS growth.
+idle_measure() {
+    local name=$1 lport=$2 pid=$3 fifo=$TMP/idle.in out=$TMP/idle.out err=$TMP/idle.err
+    local fd ipid i before after estab t0 t1 reply ms closed
+    rm -f "$fifo"
+    mkfifo "$fifo"
+    sleep 1
+    before=$(rss_kib "$pid")
+    python3 "$ROOT/benches/idle_conns.py" "$lport" "$IDLE_CONNS" <"$fifo" >"$out" 2>"$err" &
+    ipid=$!
+    exec {fd}>"$fifo" # idle_conns.py holds its connections until this closes
+    for ((i = 0; ; i++)); do
+        grep -q '^ready' "$out" && break
+        if ! kill -0 "$ipid" 2>/dev/null || ((i >= 3000)); then
+            exec {fd}>&-
+            cat "$err" >&2
+            die "$name: idle_conns.py did not get $IDLE_CONNS responses"
+        fi
+        sleep 0.05
+    done
+    sleep 1
+    after=$(rss_kib "$pid")
+    estab=$(ss -Htn state established "( sport = :$lport )" | wc -l)
+    t0=$EPOCHREALTIME
+    reply=$(probe "$lport")
+    t1=$EPOCHREALTIME
+    ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+    exec {fd}>&-
+    wait "$ipid" || {
+        cat "$err" >&2
+        die "$name: idle_conns.py failed"
+    }
+    closed=$(awk '$1 == "closed_by_server" { print $2 }' "$out")
+    log "  $name: VmRSS $before -> $after KiB with $IDLE_CONNS idle connections" \
+        "($(awk '$1 == "ready" { print $3 }' "$out") s to open); ESTAB $estab;" \
+        "GET / while held: '${reply:-no answer}' in $ms ms; closed by server: ${closed:-?}"
+    IDLE[$name|before]=$before
+    IDLE[$name|after]=$after
+    IDLE[$name|estab]=$estab
+    IDLE[$name|closed]=${closed:-?}
+    case $reply in
+        200\ *) IDLE[$name|probe]="200 in $ms ms" ;;
+        *) IDLE[$name|probe]="FAILED (${reply:-no answer})" ;;
+    esac
+}
+
+scale() {
+    command -v python3 >/dev/null || die "the scale section needs python3"
+    install_missing
+    HZ=$(getconf CLK_TCK)
+    raise_nofile
+
+    # a. Memory per idle keep-alive connection.
+    log "scale: $IDLE_CONNS idle keep-alive connections"
+    start_liveroll SL 1
+    log "  liveroll :$SL_PORT (pid $SL_PID, threads: 1)"
+    idle_measure liveroll "$SL_PORT" "$SL_PID"
+    stop_all
+    NGINX_WORKER_CONNECTIONS=$((IDLE_CONNS + 1024))
+    start_backend
+    start_nginx
+    log "  nginx :$NGINX_PORT (pid $NGINX_PID, worker_connections $NGINX_WORKER_CONNECTIONS)"
+    idle_measure nginx "$NGINX_PORT" "$NGINX_PID"
+    stop_all
+
+    # b. Throughput, 1 vs 2 worker threads.
+    WRK_THREADS=2
+    WRK_CONNS=$SCALE_CONNS
+    start_liveroll T1 1
+    start_liveroll T2 2
+    log "scale: liveroll threads: 1 :$T1_PORT (pid $T1_PID), threads: 2 :$T2_PORT (pid $T2_PID)"
+    local -A port=([1]=$T1_PORT [2]=$T2_PORT)
+    local -A proxy=([1]=$T1_PID [2]=$T2_PID)
+    local -A backend=([1]=$T1_CHILD [2]=$T2_CHILD)
+    local order t r
+    for t in 1 2; do
+        wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WARMUP" "http://127.0.0.1:${port[$t]}/" >/dev/null
+    done
+    for ((r = 1; r <= ROUNDS; r++)); do
+        log "scale round $r/$ROUNDS (DURATION=$DURATION, wrk -t$WRK_THREADS -c$WRK_CONNS)"
+        order="1 2"
+        ((r % 2)) || order="2 1"
+        for t in $order; do
+            run_wrk "threads$t" keepalive "${port[$t]}" "${proxy[$t]}" "${backend[$t]}"
+        done
+    done
+    stop_all
+
+    local n
+    echo
+    echo "Scale. $(nproc) CPUs."
+    echo
+    echo "Idle keep-alive connections: $IDLE_CONNS, each has served one \`GET /\` and stays open."
+    echo
+    echo "| server | RSS before MiB | RSS with $IDLE_CONNS idle MiB | KiB per idle conn | server ESTAB | closed by server | GET / while held |"
+    echo "|---|---:|---:|---:|---:|---:|---|"
+    for n in liveroll nginx; do
+        printf '| %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$([ "$n" = liveroll ] && echo 'liveroll (threads: 1)' || echo "nginx (1 worker)")" \
+            "$(awk -v k="${IDLE[$n|before]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
+            "$(awk -v k="${IDLE[$n|after]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
+            "$(awk -v a="${IDLE[$n|after]}" -v b="${IDLE[$n|before]}" -v n="$IDLE_CONNS" \
+                'BEGIN { printf "%.2f", (a - b) / n }')" \
+            "${IDLE[$n|estab]}" "${IDLE[$n|closed]}" "${IDLE[$n|probe]}"
+    done
+    echo
+    echo "KiB per idle conn = (VmRSS with them - VmRSS before) / $IDLE_CONNS, user-space memory of the"
+    echo "server process only (kernel socket buffers are not in VmRSS). nginx allocates its connection"
+    echo "and event arrays for all worker_connections ($NGINX_WORKER_CONNECTIONS) at start, so that part is in"
+    echo "its \"before\". GET / while held: one new connection through the server, timed by the script."
+    echo
+    echo "Worker threads: median of $ROUNDS rounds, wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION keep-alive."
+    echo
+    echo "| liveroll | req/s | p50 | p99 | CPU µs/req | peak RSS MiB | backend CPU µs/req |"
+    echo "|---|---:|---:|---:|---:|---:|---:|"
+    local k rps1 rps2
+    for t in 1 2; do
+        k="threads$t|keepalive|"
+        # shellcheck disable=SC2086 # word splitting of the value lists is intended
+        printf '| threads: %s | %.0f | %s | %s | %s | %s | %s |\n' "$t" \
+            "$(median ${RES[${k}rps]})" "$(fmt_lat "$(median ${RES[${k}p50]})")" \
+            "$(fmt_lat "$(median ${RES[${k}p99]})")" "$(median ${RES[${k}cpu]})" \
+            "$(median ${RES[${k}rss]})" "$(median ${RES[${k}bcpu]})"
+    done
+    # shellcheck disable=SC2086
+    rps1=$(median ${RES[threads1|keepalive|rps]})
+    # shellcheck disable=SC2086
+    rps2=$(median ${RES[threads2|keepalive|rps]})
+    echo
+    echo "req/s ratio, threads: 2 / threads: 1 = $(awk -v a="$rps2" -v b="$rps1" 'BEGIN { printf "%.2f", a / b }')"
+    echo
+    echo "On $(nproc) CPUs wrk (2 threads), liveroll and its demo child (a single-threaded app) all"
+    echo "compete for the same cores, so this is not the scaling of liveroll alone: a second worker"
+    echo "thread can only use CPU that wrk and the backend leave free."
+}
+
 log "building (cargo build --release)"
 cargo build --release >&2
 
 case $MODE in
     load) load ;;
     rollover) rollover ;;
+    scale) scale ;;
     all)
         load
+        stop_all
         rollover
+        stop_all
+        scale
         ;;
 esac

@@ -40,15 +40,22 @@ pub struct Ports {
     pub child2: u16,
 }
 
+/// Ports below the kernel's ephemeral range (32768 and up), so that no
+/// outgoing connection of the load tests can sit on a child port; each test
+/// thread walks its own part of the range and checks the port is free.
 pub fn free_ports() -> Ports {
-    let listeners: Vec<TcpListener> = (0..3)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap())
-        .collect();
-    let port = |i: usize| listeners[i].local_addr().unwrap().port();
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let mut take = || loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20000 + ((std::process::id() as usize * 97 + n) % 12000) as u16;
+        if port_is_free(port) {
+            return port;
+        }
+    };
     Ports {
-        proxy: port(0),
-        child1: port(1),
-        child2: port(2),
+        proxy: take(),
+        child1: take(),
+        child2: take(),
     }
 }
 
