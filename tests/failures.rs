@@ -219,7 +219,12 @@ fn an_id_of_megabytes_or_binary_is_a_failed_update() {
         m = mode.display(),
         v = scratch.path("version").display()
     );
-    let (liveroll, _, line) = failed_update(&scratch, &["--id", &id], || scratch.write("id-mode", "big"), "id");
+    let (liveroll, _, line) = failed_update(
+        &scratch,
+        &["--id", &id],
+        || scratch.write("id-mode", "big"),
+        "id",
+    );
     assert!(line.contains("printed more than 4096 bytes"), "{line}");
     scratch.write("id-mode", "binary");
     liveroll.signal(Signal::SIGHUP);

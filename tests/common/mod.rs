@@ -45,7 +45,7 @@ pub struct Ports {
 /// thread walks its own part of the range and checks the port is free.
 pub fn free_ports() -> Ports {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let mut take = || loop {
+    let take = || loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 20000 + ((std::process::id() as usize * 97 + n) % 12000) as u16;
         if port_is_free(port) {
