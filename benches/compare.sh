@@ -69,16 +69,18 @@
 # open-file limit first (`ulimit -n 65536`, else the hard limit; it must reach
 # IDLE_CONNS + 1024), so every server it starts inherits it. Earlier sections'
 # processes are stopped by then.
-#   Idle connections: a fresh liveroll (`threads: 1`, as above) and a fresh
-#   nginx (as above, with worker_connections raised to IDLE_CONNS + 1024, in
-#   front of a fresh demo). For each: VmRSS from /proc/PID/status, then
-#   benches/idle_conns.py opens IDLE_CONNS connections, sends one
-#   `GET / HTTP/1.1` on each, reads the whole 200 response and holds them all
-#   open and idle; VmRSS again (1 s after the last response). KiB per idle
-#   connection = (after - before) / IDLE_CONNS. While they are held the script
-#   counts the server's ESTABLISHED sockets on its port (`ss`), and times one
-#   ordinary `GET /` (a new connection) through the server. User-space memory
-#   only: kernel socket buffers are not in VmRSS.
+#   Idle connections: a fresh liveroll (`threads: 1`, as above), the same
+#   again with MIMALLOC_ALLOW_THP=0 in its environment (mimalloc then turns
+#   transparent huge pages off for the process), and a fresh nginx (as above,
+#   with worker_connections raised to IDLE_CONNS + 1024, in front of a fresh
+#   demo). For each: VmRSS from /proc/PID/status, then benches/idle_conns.py
+#   opens IDLE_CONNS connections, sends one `GET / HTTP/1.1` on each, reads the
+#   whole 200 response and holds them all open and idle; VmRSS again (1 s after
+#   the last response) and AnonHugePages from /proc/PID/smaps_rollup. KiB per
+#   idle connection = (after - before) / IDLE_CONNS. While they are held the
+#   script counts the server's ESTABLISHED sockets on its port (`ss`) and sends
+#   5 ordinary `GET /` (a new connection each) through the server. User-space
+#   memory only: kernel socket buffers are not in VmRSS.
 #   Worker threads: two liverolls, Pingora conf `threads: 1` and `threads: 2`,
 #   each with its own demo child; `wrk -t2 -c$SCALE_CONNS -d$DURATION
 #   --latency` keep-alive, both interleaved in each of ROUNDS rounds (the order
@@ -98,6 +100,7 @@ SCALE_CONNS=${SCALE_CONNS:-128}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
 WRK_CONNS=$CONNS
 NGINX_WORKER_CONNECTIONS=4096
+LIVEROLL_ENV=()       # extra environment for liveroll (the scale section)
 case $MODE in
     all | load | rollover | scale) ;;
     *)
@@ -283,7 +286,7 @@ start_liveroll() { # NAME [THREADS]: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHI
     free_port c1
     free_port c2
     printf 'version: 1\nthreads: %s\n' "$threads" >"$TMP/$name.yaml"
-    RUST_LOG=${RUST_LOG:-warn} "$LIVEROLL" -c "$TMP/$name.yaml" \
+    env "${LIVEROLL_ENV[@]}" RUST_LOG="${RUST_LOG:-warn}" "$LIVEROLL" -c "$TMP/$name.yaml" \
         --bind 127.0.0.1 --port "$port" --child-port1 "$c1" --child-port2 "$c2" \
         --pull true --id 'echo bench' --interval 1h \
         --exec "'$DEMO' --port <<PORT>>" >"$TMP/$name.log" 2>&1 &
@@ -452,6 +455,7 @@ rollover() {
 # --- scale -------------------------------------------------------------------
 
 rss_kib() { awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status"; }
+thp_kib() { awk '$1 == "AnonHugePages:" { s += $2 } END { print s + 0 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
 
 raise_nofile() { # the open-file limit for this shell and everything it starts
     local need=$((IDLE_CONNS + 1024)) cur
@@ -462,13 +466,14 @@ raise_nofile() { # the open-file limit for this shell and everything it starts
     log "scale: open-file limit $cur"
 }
 
-declare -A IDLE # "server|field" -> value
+declare -A IDLE # "row|field" -> value
+IDLE_ROWS=()
 
-# NAME PORT PID: hold IDLE_CONNS idle keep-alive connections to PORT and
-# measure PID's VmRSS growth.
+# ROW PORT PID: hold IDLE_CONNS idle keep-alive connections to PORT and
+# measure PID's VmRSS growth; ROW names the table row.
 idle_measure() {
-    local name=$1 lport=$2 pid=$3 fifo=$TMP/idle.in out=$TMP/idle.out err=$TMP/idle.err
-    local fd ipid i before after estab t0 t1 reply ms closed
+    local row=$1 lport=$2 pid=$3 fifo=$TMP/idle.in out=$TMP/idle.out err=$TMP/idle.err
+    local fd ipid i before after thp estab t0 t1 reply ok=0 times=() closed
     rm -f "$fifo"
     mkfifo "$fifo"
     sleep 1
@@ -481,34 +486,38 @@ idle_measure() {
         if ! kill -0 "$ipid" 2>/dev/null || ((i >= 3000)); then
             exec {fd}>&-
             cat "$err" >&2
-            die "$name: idle_conns.py did not get $IDLE_CONNS responses"
+            die "$row: idle_conns.py did not get $IDLE_CONNS responses"
         fi
         sleep 0.05
     done
     sleep 1
     after=$(rss_kib "$pid")
+    thp=$(thp_kib "$pid")
     estab=$(ss -Htn state established "( sport = :$lport )" | wc -l)
-    t0=$EPOCHREALTIME
-    reply=$(probe "$lport")
-    t1=$EPOCHREALTIME
-    ms=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')
+    # Ordinary requests (a new connection each) while all of them are held.
+    for ((i = 0; i < 5; i++)); do
+        t0=$EPOCHREALTIME
+        reply=$(probe "$lport")
+        t1=$EPOCHREALTIME
+        case $reply in 200\ *) ok=$((ok + 1)) ;; esac
+        times+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", (b - a) * 1000 }')")
+    done
     exec {fd}>&-
     wait "$ipid" || {
         cat "$err" >&2
-        die "$name: idle_conns.py failed"
+        die "$row: idle_conns.py failed"
     }
     closed=$(awk '$1 == "closed_by_server" { print $2 }' "$out")
-    log "  $name: VmRSS $before -> $after KiB with $IDLE_CONNS idle connections" \
-        "($(awk '$1 == "ready" { print $3 }' "$out") s to open); ESTAB $estab;" \
-        "GET / while held: '${reply:-no answer}' in $ms ms; closed by server: ${closed:-?}"
-    IDLE[$name|before]=$before
-    IDLE[$name|after]=$after
-    IDLE[$name|estab]=$estab
-    IDLE[$name|closed]=${closed:-?}
-    case $reply in
-        200\ *) IDLE[$name|probe]="200 in $ms ms" ;;
-        *) IDLE[$name|probe]="FAILED (${reply:-no answer})" ;;
-    esac
+    log "  $row: VmRSS $before -> $after KiB (AnonHugePages $thp KiB) with $IDLE_CONNS idle" \
+        "connections ($(awk '$1 == "ready" { print $3 }' "$out") s to open); ESTAB $estab;" \
+        "GET / while held: $ok/5 x 200, ${times[*]} ms; closed by server: ${closed:-?}"
+    IDLE_ROWS+=("$row")
+    IDLE[$row|before]=$before
+    IDLE[$row|after]=$after
+    IDLE[$row|thp]=$thp
+    IDLE[$row|estab]=$estab
+    IDLE[$row|closed]=${closed:-?}
+    IDLE[$row|probe]="$ok/5 x 200, median $(median "${times[@]}") ms"
 }
 
 scale() {
@@ -521,13 +530,19 @@ scale() {
     log "scale: $IDLE_CONNS idle keep-alive connections"
     start_liveroll SL 1
     log "  liveroll :$SL_PORT (pid $SL_PID, threads: 1)"
-    idle_measure liveroll "$SL_PORT" "$SL_PID"
+    idle_measure "liveroll (threads: 1)" "$SL_PORT" "$SL_PID"
+    stop_all
+    LIVEROLL_ENV=(MIMALLOC_ALLOW_THP=0)
+    start_liveroll SL 1
+    LIVEROLL_ENV=()
+    log "  liveroll :$SL_PORT (pid $SL_PID, threads: 1, MIMALLOC_ALLOW_THP=0)"
+    idle_measure "liveroll (threads: 1), MIMALLOC_ALLOW_THP=0" "$SL_PORT" "$SL_PID"
     stop_all
     NGINX_WORKER_CONNECTIONS=$((IDLE_CONNS + 1024))
     start_backend
     start_nginx
     log "  nginx :$NGINX_PORT (pid $NGINX_PID, worker_connections $NGINX_WORKER_CONNECTIONS)"
-    idle_measure nginx "$NGINX_PORT" "$NGINX_PID"
+    idle_measure "nginx (1 worker process)" "$NGINX_PORT" "$NGINX_PID"
     stop_all
 
     # b. Throughput, 1 vs 2 worker threads.
@@ -559,22 +574,26 @@ scale() {
     echo
     echo "Idle keep-alive connections: $IDLE_CONNS, each has served one \`GET /\` and stays open."
     echo
-    echo "| server | RSS before MiB | RSS with $IDLE_CONNS idle MiB | KiB per idle conn | server ESTAB | closed by server | GET / while held |"
-    echo "|---|---:|---:|---:|---:|---:|---|"
-    for n in liveroll nginx; do
-        printf '| %s | %s | %s | %s | %s | %s | %s |\n' \
-            "$([ "$n" = liveroll ] && echo 'liveroll (threads: 1)' || echo "nginx (1 worker)")" \
+    echo "| server | RSS before MiB | RSS with $IDLE_CONNS idle MiB | KiB per idle conn | AnonHugePages MiB | server ESTAB | closed by server | GET / while held |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---|"
+    for n in "${IDLE_ROWS[@]}"; do
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$n" \
             "$(awk -v k="${IDLE[$n|before]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
             "$(awk -v k="${IDLE[$n|after]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
             "$(awk -v a="${IDLE[$n|after]}" -v b="${IDLE[$n|before]}" -v n="$IDLE_CONNS" \
                 'BEGIN { printf "%.2f", (a - b) / n }')" \
+            "$(awk -v k="${IDLE[$n|thp]}" 'BEGIN { printf "%.1f", k / 1024 }')" \
             "${IDLE[$n|estab]}" "${IDLE[$n|closed]}" "${IDLE[$n|probe]}"
     done
     echo
-    echo "KiB per idle conn = (VmRSS with them - VmRSS before) / $IDLE_CONNS, user-space memory of the"
-    echo "server process only (kernel socket buffers are not in VmRSS). nginx allocates its connection"
-    echo "and event arrays for all worker_connections ($NGINX_WORKER_CONNECTIONS) at start, so that part is in"
-    echo "its \"before\". GET / while held: one new connection through the server, timed by the script."
+    echo "KiB per idle conn = (VmRSS with them - VmRSS before) / $IDLE_CONNS: user-space memory of the"
+    echo "server process only (kernel socket buffers are not in VmRSS). AnonHugePages (smaps_rollup,"
+    echo "with the connections open) is the part of VmRSS in transparent huge pages: mimalloc asks"
+    echo "for them (MADV_HUGEPAGE) unless MIMALLOC_ALLOW_THP=0, so a touched 2 MiB region counts whole;"
+    echo "the MIMALLOC_ALLOW_THP=0 row is the same liveroll with THP off for the process (4 KiB pages)."
+    echo "nginx allocates its connection and event arrays for all worker_connections ($NGINX_WORKER_CONNECTIONS)"
+    echo "at start, so that part is in its \"before\". GET / while held: 5 requests, each on a new"
+    echo "connection, timed by the script (bash /dev/tcp, including a subshell per request)."
     echo
     echo "Worker threads: median of $ROUNDS rounds, wrk -t$WRK_THREADS -c$WRK_CONNS -d$DURATION keep-alive."
     echo
@@ -598,7 +617,8 @@ scale() {
     echo
     echo "On $(nproc) CPUs wrk (2 threads), liveroll and its demo child (a single-threaded app) all"
     echo "compete for the same cores, so this is not the scaling of liveroll alone: a second worker"
-    echo "thread can only use CPU that wrk and the backend leave free."
+    echo "thread can only use CPU that wrk and the backend leave free. CPU µs/req: the liveroll"
+    echo "process (all its threads); backend: its child."
 }
 
 log "building (cargo build --release)"
