@@ -98,11 +98,19 @@ impl ProxyHttp for Proxy {
         let has_body = has_body(session.req_header());
         let downstream = session.as_downstream_mut();
         let client_gone = async {
-            if has_body {
-                std::future::pending::<()>().await;
-            } else {
-                let _ = downstream.read_body_or_idle(true).await;
+            if !has_body {
+                // Only a closed or broken connection counts; bytes of a
+                // pipelined next request do not.
+                if let Err(e) = downstream.read_body_or_idle(true).await {
+                    if matches!(
+                        e.etype(),
+                        ErrorType::ConnectionClosed | ErrorType::ReadError
+                    ) {
+                        return;
+                    }
+                }
             }
+            std::future::pending::<()>().await
         };
         ctx.lease = self.hold(ctx.hold_until, client_gone).await;
         if ctx.lease.is_some() {
@@ -154,26 +162,27 @@ impl ProxyHttp for Proxy {
     }
 
     /// The connection failed after the request (or part of it) was sent.
-    /// Errors Pingora marks "reused only" happened before any response
-    /// byte arrived: an idempotent request is then retried whatever the
-    /// connection (its child may have just died); any other method only when
-    /// the connection was a pooled one that turned out closed. A body larger
-    /// than Pingora's retry buffer (64 KiB) is never resent.
+    /// Errors Pingora marks "reused only" happened before any response byte
+    /// arrived; an idempotent request is then retried whatever the
+    /// connection (its child may have just died), within Pingora's 64 KiB
+    /// retry buffer for bodies. Any other method is never resent: the child
+    /// may have acted on it before it died, and a pooled connection that
+    /// the child closed while idle looks exactly the same from here.
     fn error_while_proxy(
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
         mut e: Box<Error>,
         ctx: &mut Ctx,
-        client_reused: bool,
+        _client_reused: bool,
     ) -> Box<Error> {
         ctx.lease = None;
-        if session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS {
+        let idempotent = session.req_header().method.is_idempotent();
+        if !idempotent || session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS
+        {
             e.set_retry(false);
-        } else if session.req_header().method.is_idempotent() {
-            e.retry.decide_reuse(true);
         } else {
-            e.retry.decide_reuse(client_reused);
+            e.retry.decide_reuse(true);
         }
         if e.retry() {
             METRICS.retry();
