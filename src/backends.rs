@@ -13,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -56,6 +56,12 @@ impl Backend {
 
     pub fn is_unhealthy(&self) -> bool {
         self.unhealthy.load(Ordering::Relaxed)
+    }
+
+    /// Published, not removed, and passing its health checks: what the
+    /// supervisor and `/status` call a serving child.
+    pub fn is_serving(&self) -> bool {
+        self.live.load(Ordering::SeqCst) && !self.is_unhealthy()
     }
 
     /// Whether a new request may be sent here now.
@@ -110,6 +116,10 @@ pub struct BackendSet {
     changed: Notify,
     /// Requests waiting in [`acquire`](Self::acquire) now.
     waiting: AtomicUsize,
+    /// Every backend ever published that something still holds (a lease of
+    /// a request in flight, or the supervisor): what shutdown must drain,
+    /// including children that were being retired when it began.
+    published: Mutex<Vec<Weak<Backend>>>,
 }
 
 impl BackendSet {
@@ -198,6 +208,10 @@ impl BackendSet {
 
     /// Adds a backend; new requests may go to it at once.
     pub fn publish(&self, backend: Arc<Backend>) {
+        let mut published = self.published.lock().unwrap();
+        published.retain(|b| b.strong_count() > 0);
+        published.push(Arc::downgrade(&backend));
+        drop(published);
         self.list.rcu(|list| {
             let mut next = Vec::clone(list);
             next.push(backend.clone());
@@ -239,9 +253,20 @@ impl BackendSet {
         removed
     }
 
-    /// Every published backend, for shutdown's drain.
+    /// The backends new requests may be sent to (health checks, metrics).
     pub fn all(&self) -> Vec<Arc<Backend>> {
         self.list.load().to_vec()
+    }
+
+    /// Every backend that may still have requests in flight, published or
+    /// already removed (shutdown's drain).
+    pub fn in_use(&self) -> Vec<Arc<Backend>> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
     }
 }
 
@@ -362,6 +387,18 @@ mod tests {
         }
         assert_eq!(backend.inflight(), 0);
         assert_eq!(set.len(), 1);
+    }
+
+    #[test]
+    fn a_removed_backend_with_requests_in_flight_is_still_in_use() {
+        let set = BackendSet::new();
+        set.publish(Backend::new(addr(1), 1));
+        let lease = set.select().unwrap();
+        set.remove(1);
+        assert!(set.all().is_empty());
+        assert_eq!(set.in_use().len(), 1);
+        drop(lease);
+        assert!(set.in_use().is_empty(), "nothing holds it any more");
     }
 
     #[tokio::test]

@@ -42,21 +42,31 @@ pub enum UpdateError {
 
 impl fmt::Display for UpdateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Quoted with {:?} so stderr text cannot break the key=value line.
         match self {
-            UpdateError::Pull(e) => write!(f, "step=pull error=\"--pull failed: {e}\""),
-            UpdateError::Id(e) => write!(f, "step=id error=\"--id failed: {e}\""),
-            UpdateError::NoSlot(why) => write!(f, "step=slot error=\"{why}\""),
-            UpdateError::Spawn(e) => write!(f, "step=exec error=\"--exec could not start: {e}\""),
-            UpdateError::Unhealthy { port, pid, error } => {
-                write!(f, "step=health port={port} pid={pid} error=\"new child {error}; it was terminated\"")
+            UpdateError::Pull(e) => {
+                write!(f, "step=pull error={:?}", format!("--pull failed: {e}"))
             }
+            UpdateError::Id(e) => write!(f, "step=id error={:?}", format!("--id failed: {e}")),
+            UpdateError::NoSlot(why) => write!(f, "step=slot error={why:?}"),
+            UpdateError::Spawn(e) => write!(
+                f,
+                "step=exec error={:?}",
+                format!("--exec could not start: {e}")
+            ),
+            UpdateError::Unhealthy { port, pid, error } => write!(
+                f,
+                "step=health port={port} pid={pid} error={:?}",
+                format!("new child {error}; it was terminated")
+            ),
         }
     }
 }
 
 pub enum Outcome {
     Unchanged,
-    Rolled,
+    /// The new child serves; how long that took from the trigger.
+    Rolled(Duration),
 }
 
 /// A published child and its entry in the proxy's set.
@@ -74,7 +84,10 @@ pub struct Rollout {
     status: Arc<Status>,
     slots: [Option<Serving>; 2],
     next_generation: u64,
+    /// Children that died young in a row, and until when automatic updates
+    /// wait because of it (a SIGHUP does not).
     crash_streak: u32,
+    backoff_until: Option<Instant>,
 }
 
 impl Rollout {
@@ -94,18 +107,27 @@ impl Rollout {
             slots: [None, None],
             next_generation: 1,
             crash_streak: 0,
+            backoff_until: None,
         }
     }
 
     /// Runs one update, then logs and reports its outcome.
     pub async fn run(&mut self, trigger: Trigger) {
+        if !trigger.reload
+            && self
+                .backoff_until
+                .is_some_and(|until| until > Instant::now())
+        {
+            // Children keep dying: the replacement is already scheduled.
+            debug!("event=backoff trigger={}", trigger.reason);
+            return;
+        }
         let started = Instant::now();
         debug!(
             "event=update trigger={} forced={}",
             trigger.reason, trigger.forced
         );
-        let result = self.update(trigger).await;
-        let took = started.elapsed();
+        let result = self.update(trigger, started).await;
         let (outcome, error) = match &result {
             Ok(Outcome::Unchanged) => {
                 debug!(
@@ -116,18 +138,25 @@ impl Rollout {
                 METRICS.rollout(metrics::Rollout::Unchanged);
                 ("unchanged", None)
             }
-            Ok(Outcome::Rolled) => {
-                let c = self.current().expect("a rollout leaves a current child");
-                info!(
-                    "event=rolled trigger={} id={} slot={} port={} pid={} took_ms={}",
-                    trigger.reason,
-                    c.id,
-                    c.slot + 1,
-                    c.port,
-                    c.pid,
-                    took.as_millis()
-                );
-                METRICS.rollout(metrics::Rollout::Rolled(took));
+            Ok(Outcome::Rolled(took)) => {
+                match self.current() {
+                    Some(c) => info!(
+                        "event=rolled trigger={} id={} slot={} port={} pid={} took_ms={}",
+                        trigger.reason,
+                        c.id,
+                        c.slot + 1,
+                        c.port,
+                        c.pid,
+                        took.as_millis()
+                    ),
+                    // It died again while the old one drained; its exit is handled next.
+                    None => warn!(
+                        "event=rolled trigger={} took_ms={} serving_id=none",
+                        trigger.reason,
+                        took.as_millis()
+                    ),
+                }
+                METRICS.rollout(metrics::Rollout::Rolled(*took));
                 ("rolled", None)
             }
             Err(e) => {
@@ -137,6 +166,13 @@ impl Rollout {
                     self.serving_id()
                 );
                 METRICS.rollout(metrics::Rollout::Failed);
+                if let UpdateError::Unhealthy {
+                    error: HealthError::Exited(_),
+                    ..
+                } = e
+                {
+                    self.note_crash(Duration::ZERO);
+                }
                 ("failed", Some(e.to_string()))
             }
         };
@@ -144,15 +180,13 @@ impl Rollout {
             trigger: trigger.reason.to_string(),
             result: outcome,
             error,
-            duration_ms: took.as_millis(),
+            duration_ms: started.elapsed().as_millis(),
         });
-        // systemd: startup ends with the first child serving; a reload ends
-        // with this update, whatever its result.
-        let serving = self.serving_text();
-        if self.current().is_some() && (trigger.reload || !notify::is_ready()) {
-            self.status.ready_phase(serving);
+        // systemd: a reload (SIGHUP) ends with this update, whatever its result.
+        if trigger.reload && notify::is_ready() {
+            self.status.ready_phase(self.serving_text());
         } else {
-            self.status.phase(serving);
+            self.status.phase(self.serving_text());
         }
     }
 
@@ -165,6 +199,25 @@ impl Rollout {
             Some(c) => format!("serving id={} port={} pid={}", c.id, c.port, c.pid),
             None => "no child serving".into(),
         }
+    }
+
+    /// A child died young (or before it was healthy): replacements wait 0 s,
+    /// 1 s, 2 s, 4 s ... while this keeps happening, so a broken image never
+    /// becomes a respawn storm.
+    fn note_crash(&mut self, ran: Duration) {
+        self.crash_streak = if ran >= CRASH_RESET_AFTER {
+            0
+        } else {
+            self.crash_streak + 1
+        };
+        let delay = crash_backoff(self.crash_streak);
+        self.backoff_until = Some(Instant::now() + delay);
+        info!("event=replace_scheduled delay_ms={}", delay.as_millis());
+        let triggers = self.triggers.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            triggers.request(Reason::ChildExited);
+        });
     }
 
     /// Tells [`Status`] which children exist, with the one being started or
@@ -181,7 +234,11 @@ impl Rollout {
     }
 
     /// One update, top to bottom like the seed's diagram.
-    pub async fn update(&mut self, trigger: Trigger) -> Result<Outcome, UpdateError> {
+    pub async fn update(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+    ) -> Result<Outcome, UpdateError> {
         let c = self.config.clone();
 
         // 1. Pull the artifact, then ask for its ID.
@@ -244,6 +301,11 @@ impl Rollout {
         );
         self.slots[slot] = Some(Serving { child, backend });
         self.report(None);
+        let took = started.elapsed();
+        if !notify::is_ready() {
+            // systemd: startup is done once the first child serves.
+            self.status.ready_phase(self.serving_text());
+        }
 
         // 7. Retire the previous generation: every other child.
         for other in 0..self.slots.len() {
@@ -251,29 +313,24 @@ impl Rollout {
                 self.retire(other).await;
             }
         }
-        Ok(Outcome::Rolled)
+        Ok(Outcome::Rolled(took))
     }
 
-    /// The newest child that is running and passing its health checks: its
-    /// ID is the current one. With none, any update goes ahead.
+    /// The newest child that serves (published, alive, passing its checks):
+    /// its ID is the current one. With none, any update goes ahead.
     fn current(&self) -> Option<&Child> {
         self.slots
             .iter()
             .flatten()
-            .filter(|s| s.child.exit_status().is_none() && !s.backend.is_unhealthy())
+            .filter(|s| s.backend.is_serving())
             .map(|s| &s.child)
             .max_by_key(|c| c.generation)
     }
 
-    /// An empty slot whose port nobody else holds.
+    /// An empty slot whose port nobody else holds. Every update retires all
+    /// other children, so at most one slot is ever taken here; the seed's
+    /// "retire the non-current one when both are busy" cannot arise.
     async fn free_slot(&mut self) -> Result<usize, UpdateError> {
-        if self.slots.iter().all(Option::is_some) {
-            let current = self.current().map(|c| c.slot);
-            let victim = (0..self.slots.len())
-                .find(|&s| Some(s) != current)
-                .unwrap_or(0);
-            self.retire(victim).await;
-        }
         let ports = self.config.child_ports();
         let mut busy = Vec::new();
         for slot in (0..self.slots.len()).filter(|&s| self.slots[s].is_none()) {
@@ -314,6 +371,18 @@ impl Rollout {
         let Some(Serving { child, .. }) = self.slots[slot].take() else {
             return;
         };
+        if let Some(status) = child.exit_status() {
+            // It died while the update that replaces it was running.
+            warn!(
+                "event=exit unexpected=true slot={} port={} pid={} id={} status={:?}",
+                slot + 1,
+                child.port,
+                child.pid,
+                child.id,
+                status.to_string()
+            );
+            METRICS.child_restart();
+        }
         self.report(Some((&child, "draining")));
         if let Some(backend) = self.backends.remove(child.generation) {
             self.status
@@ -341,8 +410,7 @@ impl Rollout {
     }
 
     /// A child's shell exited. If it was still serving, it crashed: clean up
-    /// what is left of its group and schedule a forced update, after a pause
-    /// that grows while children keep dying young.
+    /// what is left of its group and schedule its replacement.
     pub async fn child_exited(&mut self, generation: u64) {
         let Some(slot) = self
             .slots
@@ -354,7 +422,7 @@ impl Rollout {
         let Serving { child, .. } = self.slots[slot].take().expect("slot was just found");
         let ran = child.started.elapsed();
         warn!(
-            "event=exit unexpected=true slot={} port={} pid={} id={} status=\"{}\" ran_ms={}",
+            "event=exit unexpected=true slot={} port={} pid={} id={} status={:?} ran_ms={}",
             slot + 1,
             child.port,
             child.pid,
@@ -368,19 +436,7 @@ impl Rollout {
         child.terminate(self.config.kill_timeout).await;
         self.report(None);
         self.status.phase(self.serving_text());
-
-        self.crash_streak = if ran >= CRASH_RESET_AFTER {
-            0
-        } else {
-            self.crash_streak + 1
-        };
-        let delay = crash_backoff(self.crash_streak);
-        info!("event=replace_scheduled delay_ms={}", delay.as_millis());
-        let triggers = self.triggers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            triggers.request(Reason::ChildExited);
-        });
+        self.note_crash(ran);
     }
 }
 

@@ -60,8 +60,11 @@ impl Status {
     /// What is happening now (pulling, starting, draining, serving ...);
     /// also shown by `systemctl status`.
     pub fn phase(&self, text: String) {
-        notify::status(&text);
-        self.inner.lock().unwrap().phase = text;
+        let mut inner = self.inner.lock().unwrap();
+        if inner.phase != text {
+            notify::status(&text);
+            inner.phase = text;
+        }
     }
 
     /// Like [`phase`](Self::phase), telling systemd in the same message that
@@ -94,9 +97,13 @@ impl Status {
         self.inner.lock().unwrap().last_update = Some((SystemTime::now(), report));
     }
 
+    /// Liveroll is shutting down: not ready any more (said once).
     pub fn stopping(&self) {
-        self.inner.lock().unwrap().stopping = true;
-        notify::stopping();
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.stopping {
+            inner.stopping = true;
+            notify::stopping();
+        }
     }
 
     /// The ID of the newest child that serves and passes its checks.
@@ -150,13 +157,13 @@ impl Status {
     }
 }
 
-/// The newest child that serves and passes its health checks.
+/// The newest child that serves: the same test as the supervisor's.
 fn current(inner: &Inner) -> Option<&Entry> {
     inner
         .children
         .iter()
         .filter_map(|e| Some((e, e.report.backend.as_ref()?)))
-        .filter(|(e, b)| e.report.state == "serving" && !b.is_unhealthy())
+        .filter(|(e, b)| e.report.state == "serving" && b.is_serving())
         .max_by_key(|(_, b)| b.generation)
         .map(|(e, _)| e)
 }

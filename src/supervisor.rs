@@ -17,7 +17,7 @@ use crate::backends::BackendSet;
 use crate::config::Config;
 use crate::rollout::Rollout;
 use crate::status::Status;
-use crate::trigger::{Reason, Triggers};
+use crate::trigger::{Reason, Trigger, Triggers};
 use crate::{admin, child, monitor, notify, signals};
 
 pub struct Supervisor {
@@ -59,7 +59,7 @@ impl Supervisor {
         self.status.stopping();
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
-        for backend in self.backends.all() {
+        for backend in self.backends.in_use() {
             let left = deadline.saturating_duration_since(Instant::now());
             if !backend.drained(left).await {
                 warn!(
@@ -105,26 +105,41 @@ impl Supervisor {
     }
 }
 
-/// Runs `work` to its end, pinging systemd's watchdog meanwhile; gives up
-/// (returns false) if shutdown starts first. The watchdog is fed from here,
-/// the supervisor's own task, so a wedged supervisor stops feeding it.
-async fn until_shutdown(work: impl Future<Output = ()>, shutdown: &mut ShutdownWatch) -> bool {
-    let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+/// Runs `work` to its end and returns its output, or `None` if shutdown
+/// starts first. Meanwhile it feeds systemd's watchdog: from here, the
+/// supervisor's own task, so a wedged supervisor stops feeding it.
+async fn until_shutdown<T>(
+    work: impl Future<Output = T>,
+    shutdown: &mut ShutdownWatch,
+    watchdog: &mut Option<tokio::time::Interval>,
+) -> Option<T> {
     tokio::pin!(work);
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return false,
-            _ = &mut work => return true,
-            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => notify::watchdog(),
+            _ = shutdown.changed() => return None,
+            output = &mut work => return Some(output),
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => notify::watchdog(),
         }
     }
+}
+
+/// What the supervisor does next.
+enum Work {
+    Exited(u64),
+    Update(Trigger),
 }
 
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         // Handlers first: a signal must never kill liveroll with children left.
-        if let Err(e) = signals::listen(self.triggers.clone(), self.stop.clone()) {
+        let signals = signals::listen(
+            self.triggers.clone(),
+            self.status.clone(),
+            self.config.shutdown_delay,
+            self.stop.clone(),
+        );
+        if let Err(e) = signals {
             error!("event=fatal error=\"cannot install signal handlers: {e}\"");
             std::process::exit(1);
         }
@@ -139,29 +154,36 @@ impl BackgroundService for Supervisor {
             exits_tx,
         );
         self.triggers.request(Reason::Startup);
+        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
             // before the update it triggers runs.
             let next = async {
                 tokio::select! {
                     biased;
-                    Some(generation) = exits.recv() => Err(generation),
-                    trigger = self.triggers.next() => Ok(trigger),
+                    Some(generation) = exits.recv() => Work::Exited(generation),
+                    trigger = self.triggers.next() => Work::Update(trigger),
                 }
             };
-            let mut work = None;
-            if !until_shutdown(async { work = Some(next.await) }, &mut shutdown).await {
+            let Some(work) = until_shutdown(next, &mut shutdown, &mut watchdog).await else {
                 break;
-            }
-            // An update in progress is abandoned at shutdown; every child it
-            // started is still stopped below.
-            let done = match work.expect("set when the wait finished") {
-                Err(generation) => {
-                    until_shutdown(rollout.child_exited(generation), &mut shutdown).await
-                }
-                Ok(trigger) => until_shutdown(rollout.run(trigger), &mut shutdown).await,
             };
-            if !done {
+            // An update in progress is abandoned at shutdown; every child it
+            // started, and every request still in flight, is seen to below.
+            let done = match work {
+                Work::Exited(generation) => {
+                    until_shutdown(
+                        rollout.child_exited(generation),
+                        &mut shutdown,
+                        &mut watchdog,
+                    )
+                    .await
+                }
+                Work::Update(trigger) => {
+                    until_shutdown(rollout.run(trigger), &mut shutdown, &mut watchdog).await
+                }
+            };
+            if done.is_none() {
                 break;
             }
         }

@@ -15,7 +15,7 @@ pub enum Reason {
     Interval,
     /// SIGHUP: restart even if the ID is unchanged.
     Sighup,
-    /// A serving child exited on its own.
+    /// A serving child exited on its own (its replacement is due).
     ChildExited,
     /// A serving child failed its health checks.
     Unhealthy,
@@ -23,8 +23,11 @@ pub enum Reason {
 
 impl Reason {
     /// A forced update starts a new child even when the ID has not changed.
+    /// After a crash or an ejection nothing serves that ID any more, so
+    /// those updates go ahead without being forced; forcing them would
+    /// restart a child that has meanwhile recovered or been replaced.
     pub fn forced(self) -> bool {
-        self != Reason::Interval
+        matches!(self, Reason::Startup | Reason::Sighup)
     }
 }
 
@@ -118,9 +121,10 @@ mod tests {
         assert_eq!(merged(&[Interval, Sighup, Interval]), t(Sighup, true, true));
         assert_eq!(merged(&[Sighup, Interval]), t(Sighup, true, true));
         assert_eq!(merged(&[Interval, Interval]), t(Interval, false, false));
-        assert_eq!(merged(&[Unhealthy, Interval]), t(Unhealthy, true, false));
+        assert_eq!(merged(&[Unhealthy, Interval]), t(Unhealthy, false, false));
+        assert_eq!(merged(&[ChildExited, Sighup]), t(Sighup, true, true));
         // The reload survives a merge into an earlier forced trigger.
-        assert_eq!(merged(&[ChildExited, Sighup]), t(ChildExited, true, true));
+        assert_eq!(merged(&[Startup, Sighup]), t(Startup, true, true));
     }
 
     #[tokio::test]
