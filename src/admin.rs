@@ -24,7 +24,11 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, backends: Arc<Bac
             Ok((stream, _)) => {
                 tokio::spawn(answer(stream, status.clone(), backends.clone()));
             }
-            Err(e) => debug!("event=admin_accept_failed error=\"{e}\""),
+            Err(e) => {
+                // E.g. out of file descriptors: do not spin on it.
+                debug!("event=admin_accept_failed error={:?}", e.to_string());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
     }
 }

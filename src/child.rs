@@ -90,23 +90,30 @@ impl Child {
     /// is still there; returns once the group is gone.
     pub async fn terminate(&self, kill_timeout: Duration) {
         terminate_group(self.pid, kill_timeout).await;
+        // The leader is gone with its group; its status follows in a moment.
+        let status = tokio::time::timeout(Duration::from_secs(1), self.exited()).await;
         info!(
-            "event=terminated slot={} port={} pid={} id={}",
+            "event=terminated slot={} port={} pid={} id={} status={:?}",
             self.slot + 1,
             self.port,
             self.pid,
-            self.id
+            self.id,
+            status.map_or_else(|_| "unknown".into(), |s| s.to_string())
         );
     }
 }
 
 async fn terminate_group(pgid: i32, kill_timeout: Duration) {
-    let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
-    if !wait_group_gone(pgid, kill_timeout).await {
-        warn!("event=kill pgid={pgid} reason=\"still running {kill_timeout:?} after SIGTERM\"");
-        let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
-        // SIGKILL cannot be ignored; this wait only covers the kernel's teardown.
-        wait_group_gone(pgid, Duration::from_secs(5)).await;
+    // A group already gone is never signalled: its id may belong to someone
+    // else by now.
+    if !group_gone(pgid) {
+        let _ = killpg(Pid::from_raw(pgid), Signal::SIGTERM);
+        if !wait_group_gone(pgid, kill_timeout).await {
+            warn!("event=kill pgid={pgid} reason=\"still running {kill_timeout:?} after SIGTERM\"");
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            // SIGKILL cannot be ignored; this wait only covers the kernel's teardown.
+            wait_group_gone(pgid, Duration::from_secs(5)).await;
+        }
     }
     GROUPS.lock().unwrap().retain(|&g| g != pgid);
 }

@@ -82,6 +82,11 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_HEALTHY_THRESHOLD", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub healthy_threshold: u32,
 
+    /// After a stop signal, keep serving this long with /ready at 503 so a
+    /// load balancer in front stops sending first.
+    #[arg(long, env = "LIVEROLL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
+
     /// Port the reverse proxy listens on.
     #[arg(long, env = "LIVEROLL_PORT", default_value_t = 8080, value_parser = parse_port)]
     pub port: u16,
@@ -141,6 +146,14 @@ impl Config {
         ] {
             if port == self.port {
                 return conflict(format!("{flag} must differ from --port (both are {port})"));
+            }
+        }
+        if let Some(admin) = self.admin_listen {
+            if [self.port, self.child_port1, self.child_port2].contains(&admin.port()) {
+                return conflict(format!(
+                    "--admin-listen must not use the proxy's or a child's port ({})",
+                    admin.port()
+                ));
             }
         }
         for (flag, value) in [
@@ -261,6 +274,10 @@ mod tests {
             ),
             (&["--port", "0"], "not 0"),
             (&["--healthcheck", "healthz"], "must start with '/'"),
+            (
+                &["--admin-listen", "127.0.0.1:8080"],
+                "--admin-listen must not use the proxy's or a child's port (8080)",
+            ),
         ];
         for (args, want) in cases {
             let err = parse(args).unwrap_err();

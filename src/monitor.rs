@@ -54,7 +54,9 @@ pub async fn run(config: Arc<Config>, backends: Arc<BackendSet>, triggers: Arc<T
     if config.health_interval.is_zero() {
         return;
     }
-    let probe_timeout = config.health_interval.min(Duration::from_secs(2));
+    // Not tied to the interval: a short interval must not turn a slow
+    // answer into a failed check.
+    let probe_timeout = Duration::from_secs(2);
     let mut streaks: HashMap<u64, Streak> = HashMap::new();
     let mut ticks = tokio::time::interval(config.health_interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

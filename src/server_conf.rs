@@ -6,6 +6,7 @@
 //! anything starts. The known keys are read off Pingora's own defaults, so
 //! they follow the Pingora version liveroll is built with.
 
+use log::warn;
 use pingora_core::server::configuration::ServerConf;
 
 use crate::config::Config;
@@ -22,8 +23,15 @@ pub fn load(config: &Config) -> Result<ServerConf, String> {
     };
     // Pingora waits this long after a stop signal before dropping its tasks;
     // liveroll exits as soon as its children are gone, so this is only a bound.
-    let bound = config.drain_timeout + config.kill_timeout * 2;
-    conf.grace_period_seconds.get_or_insert(bound.as_secs() + 5);
+    let needed =
+        (config.shutdown_delay + config.drain_timeout + config.kill_timeout * 2).as_secs() + 5;
+    let grace = *conf.grace_period_seconds.get_or_insert(needed);
+    if grace < needed {
+        warn!(
+            "event=config_warning key=grace_period_seconds value={grace} needed={needed} \
+             reason=\"shorter than the drain and kill timeouts: children may be killed without a drain\""
+        );
+    }
     conf.graceful_shutdown_timeout_seconds.get_or_insert(1);
     Ok(conf)
 }
@@ -116,7 +124,6 @@ mod tests {
         let text = include_str!("../conf/liveroll.yaml");
         let conf = parse(text).unwrap();
         assert_eq!(conf.threads, 1);
-        assert!(conf.grace_period_seconds.is_some());
     }
 
     #[test]

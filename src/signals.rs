@@ -8,6 +8,7 @@
 //! owns all four and hands Pingora one graceful stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use log::info;
@@ -16,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::notify;
+use crate::status::Status;
 use crate::trigger::{Reason, Triggers};
 
 /// Given to Pingora's `RunArgs`: resolves once a stop signal arrived.
@@ -38,12 +40,18 @@ pub fn stop_channel() -> (watch::Sender<bool>, StopWatch) {
 
 /// Installs the handlers now (before any child is started, so a signal can
 /// never kill liveroll with children left behind) and serves them in a task.
-pub fn listen(triggers: Arc<Triggers>, stop: Arc<watch::Sender<bool>>) -> std::io::Result<()> {
+pub fn listen(
+    triggers: Arc<Triggers>,
+    status: Arc<Status>,
+    shutdown_delay: Duration,
+    stop: Arc<watch::Sender<bool>>,
+) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     tokio::spawn(async move {
+        let mut stopping = false;
         loop {
             let name = tokio::select! {
                 _ = hup.recv() => {
@@ -57,7 +65,23 @@ pub fn listen(triggers: Arc<Triggers>, stop: Arc<watch::Sender<bool>>) -> std::i
                 _ = quit.recv() => "SIGQUIT",
             };
             info!("event=signal signal={name} action=shutdown");
-            stop.send_replace(true);
+            if std::mem::replace(&mut stopping, true) {
+                continue;
+            }
+            // /ready turns 503 now; with --shutdown-delay, liveroll keeps
+            // serving meanwhile, so a load balancer in front notices first.
+            status.stopping();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                if !shutdown_delay.is_zero() {
+                    info!(
+                        "event=shutdown_delay delay={}",
+                        humantime::format_duration(shutdown_delay)
+                    );
+                    tokio::time::sleep(shutdown_delay).await;
+                }
+                stop.send_replace(true);
+            });
         }
     });
     Ok(())

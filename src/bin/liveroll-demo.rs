@@ -160,7 +160,7 @@ async fn serve(mut stream: TcpStream, args: Args, mut stop: watch::Receiver<bool
 }
 
 async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
-    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let path = req.path.split('?').next().unwrap_or("");
     let who = format!("version={} pid={}\n", args.app_version, std::process::id());
     match (req.method.as_str(), path) {
         (_, p) if p == args.healthcheck => {
@@ -175,11 +175,7 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
         }
         ("GET" | "HEAD", "/") => (200, "OK", who.into_bytes()),
         (_, "/slow") => {
-            let ms = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1000);
+            let ms = query_number(req, "ms", 1000);
             eprintln!(
                 "liveroll-demo pid={} slow request started ({ms} ms)",
                 std::process::id()
