@@ -137,7 +137,7 @@ fn a_hung_pull_is_killed_at_the_command_timeout() {
         "{line}"
     );
     wait_for("the hung sleep to be killed", || {
-        pids_running("sleep 1000").is_empty().then_some(())
+        pids_starting_with("sleep 1000").is_empty().then_some(())
     });
 }
 
@@ -192,22 +192,6 @@ fn a_failed_startup_is_retried_at_the_next_interval() {
     assert_eq!(liveroll.get("/").unwrap().status, 503);
     scratch.set_version("v1");
     liveroll.wait_version("v1");
-}
-
-/// Live processes whose command line starts with `needle`.
-fn pids_running(needle: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
-        .filter(|&pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            String::from_utf8_lossy(&cmdline)
-                .replace('\0', " ")
-                .starts_with(needle)
-                && !process_gone(pid)
-        })
-        .collect()
 }
 
 #[test]

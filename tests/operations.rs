@@ -135,7 +135,7 @@ fn admin_get(port: u16, path: &str) -> Response {
 #[test]
 fn admin_serves_ready_metrics_and_status() {
     let scratch = Scratch::new();
-    scratch.set_flags("--start-delay 1s");
+    scratch.set_flags("--start-delay 3s");
     let admin = free_ports().proxy;
     let admin_addr = format!("127.0.0.1:{admin}");
     let mut liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr]);
@@ -365,4 +365,31 @@ fn the_unit_file_is_consistent_and_verifies() {
         out.status.success() && said.trim().is_empty(),
         "systemd-analyze verify: {said}"
     );
+}
+
+#[test]
+fn with_a_shutdown_delay_ready_turns_503_while_requests_are_still_served() {
+    let scratch = Scratch::new();
+    let admin = free_ports().proxy;
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut liveroll = Liveroll::start(
+        &scratch,
+        &["--admin-listen", &admin_addr, "--shutdown-delay", "10s"],
+    );
+    liveroll.wait_version("v1");
+    assert_eq!(admin_get(admin, "/ready").status, 200);
+    liveroll.signal(Signal::SIGTERM);
+    wait_for("/ready to say 503", || {
+        request(admin, "GET", "/ready", b"")
+            .ok()
+            .filter(|r| r.status == 503)
+    });
+    let served = liveroll.get("/").unwrap();
+    assert!(
+        !liveroll.log().contains("event=stopped"),
+        "still inside the delay"
+    );
+    assert_eq!(served.status, 200, "still serving during the delay");
+    assert_eq!(liveroll.wait_exit().code(), Some(0));
+    liveroll.wait_log("event=shutdown_delay delay=10s", 1);
 }

@@ -99,7 +99,7 @@ fn a_slow_request_in_flight_during_a_rollover_completes() {
     let liveroll = Liveroll::start(&scratch, &[]);
     let old = liveroll.wait_version("v1");
     let port = liveroll.ports.proxy;
-    let slow = thread::spawn(move || request(port, "GET", "/slow?ms=1500", b""));
+    let slow = thread::spawn(move || request(port, "GET", "/slow?ms=3000", b""));
     liveroll.wait_log("slow request started", 1);
     liveroll.signal(Signal::SIGHUP);
     liveroll.wait_log("event=drain", 1);

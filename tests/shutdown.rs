@@ -85,8 +85,14 @@ fn sigterm_during_a_hung_pull_stops_at_once() {
     let pid = liveroll.wait_version("v1");
     scratch.write("hang", "");
     liveroll.signal(Signal::SIGHUP);
-    liveroll.wait_log("event=update trigger=sighup", 1);
+    let sleeping = wait_for("the hung pull to be running", || {
+        let pids = pids_starting_with("sleep 1000");
+        (!pids.is_empty()).then_some(pids)
+    });
     liveroll.signal(Signal::SIGTERM);
     assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
     assert!(process_gone(pid));
+    for sleep in sleeping {
+        assert!(process_gone(sleep), "the pull's process group was killed");
+    }
 }

@@ -312,18 +312,22 @@ impl Drop for Liveroll {
     }
 }
 
-/// Whether process `pid` is gone (a zombie counts as gone: it holds nothing).
-pub fn process_gone(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Err(_) => true,
-        Ok(stat) => {
-            let state = stat[stat.rfind(')').unwrap() + 1..]
-                .split_whitespace()
-                .next()
-                .unwrap();
-            state == "Z" || state == "X"
-        }
-    }
+pub use liveroll::child::process_gone;
+
+/// Live processes whose command line starts with `prefix`.
+pub fn pids_starting_with(prefix: &str) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .filter(|&pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .starts_with(prefix)
+                && !process_gone(pid)
+        })
+        .collect()
 }
 
 /// The pids of the live demo processes started for this scratch directory.
