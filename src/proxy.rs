@@ -2,11 +2,14 @@
 //! finds no child waits for one (bounded) instead of failing, and a request
 //! whose child fails is retried on another where that is safe.
 
+use std::io::Write;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::InvalidHeaderValue;
 use http::HeaderValue;
 use log::info;
 use pingora_core::modules::http::HttpModules;
@@ -14,7 +17,6 @@ use pingora_core::prelude::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
-use std::io::Write;
 use tokio::time::Instant;
 
 use crate::backends::{BackendSet, Lease};
@@ -125,7 +127,8 @@ impl ProxyHttp for Proxy {
         if ctx.lease.is_none() {
             // A retry: the failed attempt released its lease.
             ctx.lease = self
-                .hold(ctx.hold_until, std::future::pending::<()>())
+                .backends
+                .acquire(ctx.hold_until, self.settings.max_held)
                 .await;
         }
         let Some(lease) = &ctx.lease else {
@@ -205,27 +208,9 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            // Formatted on the stack: this runs for every request.
-            let mut buf = [0u8; 512];
-            let mut out = &mut buf[..];
-            let prior = req
-                .headers
-                .get("x-forwarded-for")
-                .map(|v| v.as_bytes())
-                .filter(|v| !v.is_empty());
-            let written = match prior {
-                Some(prior) if prior.len() < 400 => {
-                    out.write_all(prior).and_then(|_| write!(out, ", {ip}"))
-                }
-                _ => write!(out, "{ip}"),
-            };
-            if written.is_ok() {
-                let len = 512 - out.len();
-                req.insert_header(
-                    "X-Forwarded-For",
-                    HeaderValue::from_bytes(&buf[..len]).map_err(|_| bad_header())?,
-                )?;
-            }
+            let prior = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+            let value = forwarded_for(prior.filter(|v| !v.is_empty()), ip);
+            req.insert_header("X-Forwarded-For", value.map_err(|_| bad_header())?)?;
         }
         if !req.headers.contains_key("x-forwarded-proto") {
             req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
@@ -274,6 +259,31 @@ impl ProxyHttp for Proxy {
     }
 }
 
+/// `X-Forwarded-For`: the prior chain, if any, and the client's address;
+/// formatted on the stack, as this runs for every request.
+fn forwarded_for(
+    prior: Option<&[u8]>,
+    ip: IpAddr,
+) -> std::result::Result<HeaderValue, InvalidHeaderValue> {
+    let mut buf = [0u8; 512];
+    let mut out = std::io::Cursor::new(&mut buf[..]);
+    let written = match prior {
+        Some(prior) => out.write_all(prior).and_then(|_| write!(out, ", {ip}")),
+        None => write!(out, "{ip}"),
+    };
+    match written {
+        Ok(()) => {
+            let len = out.position() as usize;
+            HeaderValue::from_bytes(&buf[..len])
+        }
+        // A chain longer than the stack buffer is kept too.
+        Err(_) => {
+            let prior = String::from_utf8_lossy(prior.unwrap_or_default());
+            HeaderValue::from_bytes(format!("{prior}, {ip}").as_bytes())
+        }
+    }
+}
+
 fn bad_header() -> Box<Error> {
     Error::explain(ErrorType::InvalidHTTPHeader, "invalid X-Forwarded-For")
 }
@@ -299,4 +309,32 @@ async fn respond_unavailable(session: &mut Session) -> Result<()> {
         .as_downstream_mut()
         .write_error_response(resp, Bytes::from_static(NO_BACKEND_BODY))
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        assert_eq!(forwarded_for(None, ip).unwrap(), "10.1.2.3");
+        assert_eq!(
+            forwarded_for(Some(b"1.1.1.1"), ip).unwrap(),
+            "1.1.1.1, 10.1.2.3"
+        );
+        let long = "9.9.9.9, ".repeat(100) + "8.8.8.8";
+        let value = forwarded_for(Some(long.as_bytes()), ip).unwrap();
+        assert_eq!(value.to_str().unwrap(), format!("{long}, 10.1.2.3"));
+    }
+
+    #[test]
+    fn a_body_is_announced_by_framing_headers() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        assert!(!has_body(&req));
+        req.insert_header("Content-Length", "0").unwrap();
+        assert!(!has_body(&req));
+        req.insert_header("Content-Length", "5").unwrap();
+        assert!(has_body(&req));
+    }
 }
