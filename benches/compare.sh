@@ -16,7 +16,8 @@
 #   nginx     wrk -> nginx -> the same demo. One process (`daemon off;
 #             master_process off;`, so its PID is the worker), an `upstream`
 #             with `keepalive 64`, `proxy_http_version 1.1`,
-#             `proxy_set_header Connection ""`, `access_log off`. Client-side
+#             `proxy_set_header Connection ""`, the same X-Forwarded-For/-Proto/
+#             -Host headers liveroll adds, `access_log off`. Client-side
 #             `keepalive_requests` is raised so nginx never closes wrk's
 #             keep-alive connections (its default closes every 1000 requests),
 #             which keeps the connection accounting below exact; the upstream
@@ -270,6 +271,10 @@ $extra
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # The same forwarding headers liveroll adds, so both do the same work.
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$host;
         }
     }
 }
