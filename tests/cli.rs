@@ -156,31 +156,60 @@ fn a_conf_file_that_cannot_be_read_fails_before_anything_starts() {
 fn every_flag_can_come_from_the_environment() {
     let scratch = Scratch::new();
     let ports = free_ports();
-    let log = std::fs::File::create(scratch.path("env.log")).unwrap();
-    let mut process = Command::new(LIVEROLL)
-        .env("LIVEROLL_PULL", "true")
-        .env("LIVEROLL_ID", scratch.id_cmd())
-        .env("LIVEROLL_EXEC", scratch.exec_cmd())
-        .env("LIVEROLL_PORT", ports.proxy.to_string())
-        .env("LIVEROLL_BIND", "127.0.0.1")
-        .env("LIVEROLL_CHILD_PORT1", ports.child1.to_string())
-        .env("LIVEROLL_CHILD_PORT2", ports.child2.to_string())
-        .env("LIVEROLL_HEALTHCHECK", "/healthz")
-        .env("LIVEROLL_INTERVAL", "1h")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let served = wait_for("liveroll configured from the environment to serve", || {
-        request(ports.proxy, "GET", "/", b"")
-            .ok()
-            .filter(|r| r.status == 200)
-    });
-    assert!(served.body.starts_with("version=v1 "), "{}", served.body);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(process.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    assert!(process.wait().unwrap().success());
+    let admin = format!("127.0.0.1:{}", free_ports().proxy);
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/liveroll.yaml");
+    let env: Vec<(String, String)> = [
+        ("PULL", "true".to_string()),
+        ("ID", scratch.id_cmd()),
+        ("EXEC", scratch.exec_cmd()),
+        ("INTERVAL", "1h".into()),
+        ("HEALTHCHECK", "/healthz".into()),
+        ("HEALTH_TIMEOUT", "41s".into()),
+        ("HEALTH_INTERVAL", "3s".into()),
+        ("UNHEALTHY_THRESHOLD", "4".into()),
+        ("HEALTHY_THRESHOLD", "5".into()),
+        ("DRAIN_TIMEOUT", "7s".into()),
+        ("KILL_TIMEOUT", "6s".into()),
+        ("COMMAND_TIMEOUT", "2m".into()),
+        ("HOLD_TIMEOUT", "9s".into()),
+        ("MAX_HELD", "77".into()),
+        ("SHUTDOWN_DELAY", "0s".into()),
+        ("PORT", ports.proxy.to_string()),
+        ("BIND", "127.0.0.1".into()),
+        ("CHILD_PORT1", ports.child1.to_string()),
+        ("CHILD_PORT2", ports.child2.to_string()),
+        ("ADMIN_LISTEN", admin.clone()),
+        ("ACCESS_LOG", "true".into()),
+        ("CONF", conf.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("LIVEROLL_{k}"), v))
+    .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let proxy = ports.proxy;
+    let liveroll = Liveroll::spawn(&scratch, ports, &[], &env);
+    liveroll.wait_version("v1");
+    let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&request(admin_port, "GET", "/status", b"").unwrap().body).unwrap();
+    let config = &status["config"];
+    for (key, want) in [
+        ("interval", "1h"),
+        ("health_timeout", "41s"),
+        ("health_interval", "3s"),
+        ("drain_timeout", "7s"),
+        ("kill_timeout", "6s"),
+        ("command_timeout", "2m"),
+        ("hold_timeout", "9s"),
+        ("shutdown_delay", "0s"),
+        ("admin_listen", admin.as_str()),
+        ("conf", conf),
+        ("listen", &format!("127.0.0.1:{proxy}")),
+    ] {
+        assert_eq!(config[key], want, "{key} in {config:#}");
+    }
+    assert_eq!(config["max_held"], 77);
+    assert_eq!(config["unhealthy_threshold"], 4);
+    assert_eq!(config["healthy_threshold"], 5);
+    assert_eq!(config["access_log"], true);
 }
