@@ -120,6 +120,8 @@ pub struct BackendSet {
     /// a request in flight, or the supervisor): what shutdown must drain,
     /// including children that were being retired when it began.
     published: Mutex<Vec<Weak<Backend>>>,
+    /// Set at shutdown: nobody waits for a backend any more.
+    closing: AtomicBool,
 }
 
 impl BackendSet {
@@ -190,7 +192,7 @@ impl BackendSet {
                 return Some(lease);
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if now >= deadline || self.closing.load(Ordering::Relaxed) {
                 return None;
             }
             let _ = tokio::time::timeout_at(deadline.min(now + RECHECK), changed).await;
@@ -251,6 +253,13 @@ impl BackendSet {
             self.changed.notify_waiters();
         }
         removed
+    }
+
+    /// Shutdown: requests waiting for a backend get their answer (503) now
+    /// instead of when liveroll is gone.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
     }
 
     /// The backends new requests may be sent to (health checks, metrics).
@@ -351,6 +360,19 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(20), set.acquire(deadline, 10)).await;
         assert!(gave_up.is_err());
         assert_eq!(set.waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn close_ends_every_wait() {
+        let set = Arc::new(BackendSet::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waiter = tokio::spawn({
+            let set = set.clone();
+            async move { set.acquire(deadline, 10).await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        set.close();
+        assert!(waiter.await.unwrap());
     }
 
     #[tokio::test]

@@ -57,6 +57,7 @@ impl Supervisor {
     /// every child's process group.
     async fn shut_down(&self) {
         self.status.stopping();
+        self.backends.close();
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
         for backend in self.backends.in_use() {

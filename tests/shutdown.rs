@@ -96,3 +96,27 @@ fn sigterm_during_a_hung_pull_stops_at_once() {
         assert!(process_gone(sleep), "the pull's process group was killed");
     }
 }
+
+#[test]
+fn a_request_waiting_for_a_child_at_sigterm_gets_503() {
+    let scratch = Scratch::new();
+    scratch.set_flags("--unhealthy");
+    let admin = free_ports().proxy;
+    let admin_addr = format!("127.0.0.1:{admin}");
+    let mut liveroll = Liveroll::start(
+        &scratch,
+        &["--hold-timeout", "1h", "--admin-listen", &admin_addr],
+    );
+    let port = liveroll.ports.proxy;
+    let held = thread::spawn(move || request(port, "GET", "/", b""));
+    wait_for("the request to be held", || {
+        let metrics = request(admin, "GET", "/metrics", b"").ok()?.body;
+        metrics
+            .contains("\nliveroll_held_requests 1\n")
+            .then_some(())
+    });
+    liveroll.signal(Signal::SIGTERM);
+    let r = held.join().unwrap().unwrap();
+    assert_eq!(r.status, 503, "answered, not cut off: {}", r.body);
+    assert_eq!(liveroll.wait_exit().code(), Some(0));
+}
