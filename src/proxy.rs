@@ -23,8 +23,11 @@ use crate::backends::{BackendSet, Lease};
 use crate::metrics::METRICS;
 
 /// Attempts per request. Each failed attempt ejects its backend for
-/// [`EJECT_FOR`], so the next one goes elsewhere or waits for a replacement.
-const MAX_ATTEMPTS: u8 = 4;
+/// [`EJECT_FOR`] (or, for a child that died mid-request, finds it gone), so
+/// the next one goes elsewhere or waits for a replacement; the wait itself
+/// is bounded by `--hold-timeout`. Eight lets one request survive several
+/// crashes in a row while still ending a loop that cannot succeed.
+const MAX_ATTEMPTS: u8 = 8;
 /// How long a backend that refused a connection is passed over.
 const EJECT_FOR: Duration = Duration::from_secs(1);
 

@@ -57,7 +57,7 @@ fn sigkill_of_the_only_child_under_load_loses_no_request() {
     let mut pid = liveroll.wait_version("v1");
     let load = Load::start(
         liveroll.ports.proxy,
-        &["keep-alive GET", "new-connection GET", "POST"],
+        &["keep-alive GET", "new-connection GET", "POST", "slow GET"],
     );
     for _ in 0..3 {
         load.wait_progress(30);

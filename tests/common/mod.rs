@@ -572,11 +572,15 @@ impl Load {
                                     conn = None;
                                 }
                             }
-                            Ok(r) => failures.push(format!(
-                                "{kind}: HTTP {} {}",
-                                r.status,
-                                r.body.trim()
-                            )),
+                            Ok(r) => {
+                                failures.push(format!(
+                                    "{kind}: HTTP {} {}",
+                                    r.status,
+                                    r.body.trim()
+                                ));
+                                // Like most clients: no reuse after an error answer.
+                                conn = None;
+                            }
                             Err(e) => {
                                 failures.push(format!("{kind}: {e}"));
                                 conn = None;
