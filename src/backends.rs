@@ -129,14 +129,6 @@ impl BackendSet {
         Self::default()
     }
 
-    pub fn len(&self) -> usize {
-        self.list.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Picks the next eligible backend round-robin, or none if none is.
     pub fn select(&self) -> Option<Lease> {
         let list = self.list.load();
@@ -408,7 +400,7 @@ mod tests {
             assert_eq!(set.select().unwrap().backend().generation, 2);
         }
         assert_eq!(backend.inflight(), 0);
-        assert_eq!(set.len(), 1);
+        assert_eq!(set.all().len(), 1);
     }
 
     #[test]
