@@ -79,11 +79,12 @@ impl Child {
     /// Resolves when the shell exits.
     pub async fn exited(&self) -> ExitStatus {
         let mut exit = self.exit.clone();
-        match exit.wait_for(Option::is_some).await {
+        let status = match exit.wait_for(Option::is_some).await {
             Ok(status) => status.unwrap_or_default(),
             // The watcher task is gone only when its runtime is shutting down.
             Err(_) => ExitStatus::default(),
-        }
+        };
+        status
     }
 
     /// SIGTERM to the whole group, SIGKILL after `kill_timeout` if any member
