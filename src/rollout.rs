@@ -113,6 +113,11 @@ impl Rollout {
 
     /// Runs one update, then logs and reports its outcome.
     pub async fn run(&mut self, trigger: Trigger) {
+        if self.status.is_stopping() {
+            // A stop signal came (--shutdown-delay): start nothing new.
+            debug!("event=skipped trigger={} reason=stopping", trigger.reason);
+            return;
+        }
         if !trigger.reload
             && self
                 .backoff_until
@@ -166,11 +171,17 @@ impl Rollout {
                     self.serving_id()
                 );
                 METRICS.rollout(metrics::Rollout::Failed);
-                if let UpdateError::Unhealthy {
-                    error: HealthError::Exited(_),
-                    ..
-                } = e
-                {
+                // A replacement that dies before it is healthy is a crash too;
+                // a new version that does, while the old one serves, is not:
+                // the next interval tries again, at the pace the operator set.
+                let died = matches!(
+                    e,
+                    UpdateError::Unhealthy {
+                        error: HealthError::Exited(_),
+                        ..
+                    }
+                );
+                if died && self.current().is_none() {
                     self.note_crash(Duration::ZERO);
                 }
                 ("failed", Some(e.to_string()))
