@@ -103,19 +103,13 @@ impl ProxyHttp for Proxy {
         let has_body = has_body(session.req_header());
         let downstream = session.as_downstream_mut();
         let client_gone = async {
-            if !has_body {
-                // Only a closed or broken connection counts; bytes of a
-                // pipelined next request do not.
-                if let Err(e) = downstream.read_body_or_idle(true).await {
-                    if matches!(
-                        e.etype(),
-                        ErrorType::ConnectionClosed | ErrorType::ReadError
-                    ) {
-                        return;
-                    }
-                }
+            if has_body {
+                std::future::pending::<()>().await;
             }
-            std::future::pending::<()>().await
+            // Ends when the client closes, breaks, or sends more: Pingora keeps
+            // no byte it reads here, so a pipelined next request could not go
+            // on either, and gets its 503 now rather than a failure later.
+            let _ = downstream.read_body_or_idle(true).await;
         };
         ctx.lease = self.hold(ctx.hold_until, client_gone).await;
         if ctx.lease.is_some() {
@@ -182,7 +176,15 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         _client_reused: bool,
     ) -> Box<Error> {
-        ctx.lease = None;
+        // Passed over for a moment, like a refused connect: an immediate retry
+        // would likely meet the same dying child (or a proxy in front of it
+        // that still accepts) again.
+        // Only the child's fault counts: a client's broken body is not.
+        if let Some(lease) = ctx.lease.take() {
+            if *e.esource() == ErrorSource::Upstream {
+                self.backends.eject(lease.backend(), EJECT_FOR);
+            }
+        }
         let idempotent = session.req_header().method.is_idempotent();
         if !idempotent || session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS
         {
