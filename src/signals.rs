@@ -55,6 +55,10 @@ pub fn listen(
         loop {
             let name = tokio::select! {
                 _ = hup.recv() => {
+                    if stopping {
+                        info!("event=signal signal=SIGHUP action=ignored reason=stopping");
+                        continue;
+                    }
                     info!("event=signal signal=SIGHUP action=forced-update");
                     notify::reloading();
                     triggers.request(Reason::Sighup);
@@ -64,10 +68,13 @@ pub fn listen(
                 _ = int.recv() => "SIGINT",
                 _ = quit.recv() => "SIGQUIT",
             };
-            info!("event=signal signal={name} action=shutdown");
             if std::mem::replace(&mut stopping, true) {
+                // A second stop signal cuts --shutdown-delay short.
+                info!("event=signal signal={name} action=shutdown-now");
+                stop.send_replace(true);
                 continue;
             }
+            info!("event=signal signal={name} action=shutdown");
             // /ready turns 503 now; with --shutdown-delay, liveroll keeps
             // serving meanwhile, so a load balancer in front notices first.
             status.stopping();

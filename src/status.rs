@@ -61,7 +61,7 @@ impl Status {
     /// also shown by `systemctl status`.
     pub fn phase(&self, text: String) {
         let mut inner = self.inner.lock().unwrap();
-        if inner.phase != text {
+        if inner.phase != text && !inner.stopping {
             notify::status(&text);
             inner.phase = text;
         }
@@ -70,8 +70,11 @@ impl Status {
     /// Like [`phase`](Self::phase), telling systemd in the same message that
     /// liveroll is ready (startup done, or a reload finished).
     pub fn ready_phase(&self, text: String) {
-        notify::ready(&text);
-        self.inner.lock().unwrap().phase = text;
+        let mut inner = self.inner.lock().unwrap();
+        if !inner.stopping {
+            notify::ready(&text);
+            inner.phase = text;
+        }
     }
 
     /// Replaces the list of children; `since` is kept for those whose state
@@ -102,8 +105,13 @@ impl Status {
         let mut inner = self.inner.lock().unwrap();
         if !inner.stopping {
             inner.stopping = true;
+            inner.phase = "stopping".into();
             notify::stopping();
         }
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.lock().unwrap().stopping
     }
 
     /// The ID of the newest child that serves and passes its checks.

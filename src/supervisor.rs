@@ -60,15 +60,29 @@ impl Supervisor {
         self.backends.close();
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
-        for backend in self.backends.in_use() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if !backend.drained(left).await {
-                warn!(
-                    "event=drain_timeout port={} inflight={}",
-                    backend.addr.port(),
-                    backend.inflight()
-                );
+        // Until no backend has a request in flight, all at the same moment:
+        // a request admitted late, or a retry, may lease one already seen idle.
+        loop {
+            let busy: Vec<_> = self
+                .backends
+                .in_use()
+                .into_iter()
+                .filter(|b| b.inflight() > 0)
+                .collect();
+            if busy.is_empty() {
+                break;
             }
+            if Instant::now() >= deadline {
+                for backend in busy {
+                    warn!(
+                        "event=drain_timeout port={} inflight={}",
+                        backend.addr.port(),
+                        backend.inflight()
+                    );
+                }
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         child::terminate_all(self.config.kill_timeout).await;
         info!("event=stopped took_ms={}", started.elapsed().as_millis());

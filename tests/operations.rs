@@ -393,3 +393,25 @@ fn with_a_shutdown_delay_ready_turns_503_while_requests_are_still_served() {
     assert_eq!(liveroll.wait_exit().code(), Some(0));
     liveroll.wait_log("event=shutdown_delay delay=10s", 1);
 }
+
+#[test]
+fn a_second_stop_signal_ends_the_shutdown_delay() {
+    let scratch = Scratch::new();
+    let mut liveroll = Liveroll::start(&scratch, &["--shutdown-delay", "1h"]);
+    let pid = liveroll.wait_version("v1");
+    liveroll.signal(Signal::SIGTERM);
+    liveroll.wait_log("event=shutdown_delay delay=1h", 1);
+    // Inside the delay no update starts, not even a forced one.
+    liveroll.signal(Signal::SIGHUP);
+    liveroll.wait_log("action=ignored reason=stopping", 1);
+    liveroll.signal(Signal::SIGINT);
+    assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
+    assert!(liveroll.log().contains("action=shutdown-now"));
+    assert!(process_gone(pid));
+    assert_eq!(
+        liveroll.log().matches("event=spawn").count(),
+        1,
+        "{}",
+        liveroll.log()
+    );
+}
