@@ -87,6 +87,17 @@ impl Backend {
     }
 }
 
+/// A request's place among those waiting for a backend (see
+/// [`BackendSet::waiter`]); counted down when dropped, also when the wait is
+/// abandoned because the client left.
+pub struct Waiter<'a>(&'a AtomicUsize);
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A request's claim on a backend; the in-flight count drops with it.
 #[derive(Debug)]
 pub struct Lease(Arc<Backend>);
@@ -140,27 +151,22 @@ impl BackendSet {
             .find_map(Self::lease)
     }
 
+    /// A place among the requests waiting for a backend, unless `max_waiting`
+    /// already wait. The place is held until the guard is dropped, which the
+    /// proxy does only once it has answered, so shutdown can wait for those
+    /// answers.
+    pub fn waiter(&self, max_waiting: usize) -> Option<Waiter<'_>> {
+        let waiter = Waiter(&self.waiting);
+        (self.waiting.fetch_add(1, Ordering::Relaxed) < max_waiting).then_some(waiter)
+    }
+
     /// Like [`select`](Self::select), but waits for a backend to become
-    /// available until `deadline`, unless `max_waiting` requests already wait.
+    /// available until `deadline` (or [`close`](Self::close)).
     pub async fn acquire(
         &self,
+        _place: &Waiter<'_>,
         deadline: tokio::time::Instant,
-        max_waiting: usize,
     ) -> Option<Lease> {
-        if let Some(lease) = self.select() {
-            return Some(lease);
-        }
-        // Counted down on drop, also when the caller stops waiting (client gone).
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
-        let waiting = Waiting(&self.waiting);
-        if waiting.0.fetch_add(1, Ordering::Relaxed) >= max_waiting {
-            return None;
-        }
         self.wait(deadline).await
     }
 
@@ -326,7 +332,8 @@ mod tests {
         let waiter = tokio::spawn({
             let set = set.clone();
             async move {
-                set.acquire(deadline, 10)
+                let place = set.waiter(10).unwrap();
+                set.acquire(&place, deadline)
                     .await
                     .map(|l| l.backend().generation)
             }
@@ -340,7 +347,10 @@ mod tests {
     async fn acquire_gives_up_at_the_deadline() {
         let set = BackendSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
-        assert!(set.acquire(deadline, 10).await.is_none());
+        let place = set.waiter(10).unwrap();
+        assert!(set.acquire(&place, deadline).await.is_none());
+        assert_eq!(set.waiting(), 1, "counted until the answer is given");
+        drop(place);
         assert_eq!(set.waiting(), 0);
     }
 
@@ -348,8 +358,11 @@ mod tests {
     async fn a_waiter_that_gives_up_is_no_longer_counted() {
         let set = BackendSet::new();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        let gave_up =
-            tokio::time::timeout(Duration::from_millis(20), set.acquire(deadline, 10)).await;
+        let gave_up = tokio::time::timeout(Duration::from_millis(20), async {
+            let place = set.waiter(10).unwrap();
+            set.acquire(&place, deadline).await
+        })
+        .await;
         assert!(gave_up.is_err());
         assert_eq!(set.waiting(), 0);
     }
@@ -360,7 +373,10 @@ mod tests {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
         let waiter = tokio::spawn({
             let set = set.clone();
-            async move { set.acquire(deadline, 10).await.is_none() }
+            async move {
+                let place = set.waiter(10).unwrap();
+                set.acquire(&place, deadline).await.is_none()
+            }
         });
         tokio::task::yield_now().await;
         set.close();
@@ -370,8 +386,11 @@ mod tests {
     #[tokio::test]
     async fn acquire_refuses_to_wait_past_the_limit() {
         let set = BackendSet::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        assert!(set.acquire(deadline, 0).await.is_none());
+        assert!(set.waiter(0).is_none());
+        let first = set.waiter(1).unwrap();
+        assert!(set.waiter(1).is_none(), "one place only");
+        drop(first);
+        assert!(set.waiter(1).is_some());
     }
 
     #[test]

@@ -49,19 +49,6 @@ impl Proxy {
     pub fn new(backends: Arc<BackendSet>, settings: Settings) -> Self {
         Proxy { backends, settings }
     }
-
-    /// Waits for a backend while no child can take the request, within the
-    /// hold limits. `client_gone` resolves if the client disconnects first.
-    async fn hold(
-        &self,
-        deadline: Instant,
-        client_gone: impl std::future::Future,
-    ) -> Option<Lease> {
-        tokio::select! {
-            lease = self.backends.acquire(deadline, self.settings.max_held) => lease,
-            _ = client_gone => None,
-        }
-    }
 }
 
 pub struct Ctx {
@@ -100,6 +87,10 @@ impl ProxyHttp for Proxy {
         if ctx.lease.is_some() {
             return Ok(false);
         }
+        let Some(place) = self.backends.waiter(self.settings.max_held) else {
+            respond_unavailable(session).await?;
+            return Ok(true);
+        };
         let has_body = has_body(session.req_header());
         let downstream = session.as_downstream_mut();
         let client_gone = async {
@@ -111,11 +102,16 @@ impl ProxyHttp for Proxy {
             // on either, and gets its 503 now rather than a failure later.
             let _ = downstream.read_body_or_idle(true).await;
         };
-        ctx.lease = self.hold(ctx.hold_until, client_gone).await;
+        ctx.lease = tokio::select! {
+            lease = self.backends.acquire(&place, ctx.hold_until) => lease,
+            _ = client_gone => None,
+        };
         if ctx.lease.is_some() {
             return Ok(false);
         }
+        // The place is given up only once answered: shutdown waits for that.
         respond_unavailable(session).await?;
+        drop(place);
         Ok(true)
     }
 
@@ -123,10 +119,9 @@ impl ProxyHttp for Proxy {
         ctx.attempts += 1;
         if ctx.lease.is_none() {
             // A retry: the failed attempt released its lease.
-            ctx.lease = self
-                .backends
-                .acquire(ctx.hold_until, self.settings.max_held)
-                .await;
+            if let Some(place) = self.backends.waiter(self.settings.max_held) {
+                ctx.lease = self.backends.acquire(&place, ctx.hold_until).await;
+            }
         }
         let Some(lease) = &ctx.lease else {
             return Error::e_explain(

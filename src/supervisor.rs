@@ -57,6 +57,8 @@ impl Supervisor {
     /// every child's process group.
     async fn shut_down(&self) {
         self.status.stopping();
+        // Requests waiting for a child get their 503 now; wait until each
+        // has been written before anything can end the process.
         self.backends.close();
         let started = Instant::now();
         let deadline = started + self.config.drain_timeout;
@@ -69,7 +71,7 @@ impl Supervisor {
                 .into_iter()
                 .filter(|b| b.inflight() > 0)
                 .collect();
-            if busy.is_empty() {
+            if busy.is_empty() && self.backends.waiting() == 0 {
                 break;
             }
             if Instant::now() >= deadline {
