@@ -121,9 +121,13 @@ fn help_and_version() {
 #[test]
 fn a_proxy_port_in_use_fails_fast_without_starting_children() {
     let scratch = Scratch::new();
-    let ports = free_ports();
-    let _squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, ports.proxy)).unwrap();
-    let proxy = ports.proxy;
+    // The squatter takes a port the system picks, so nothing can take it first.
+    let squatter = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let proxy = squatter.local_addr().unwrap().port();
+    let ports = Ports {
+        proxy,
+        ..free_ports()
+    };
     let mut liveroll = Liveroll::start_on(&scratch, ports, &[]);
     let status = liveroll.wait_exit();
     assert_eq!(status.code(), Some(1), "{}", liveroll.log());
