@@ -83,6 +83,7 @@ pub async fn run(
     let mut child = shell(cmd)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // The guard below kills the group; this makes tokio reap the shell.
         .kill_on_drop(true)
         .spawn()
         .map_err(CommandError::Spawn)?;

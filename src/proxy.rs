@@ -49,6 +49,12 @@ impl Proxy {
     pub fn new(backends: Arc<BackendSet>, settings: Settings) -> Self {
         Proxy { backends, settings }
     }
+
+    /// The end of this request's waiting, fixed when it first waits.
+    fn hold_until(&self, ctx: &mut Ctx) -> Instant {
+        *ctx.hold_until
+            .get_or_insert_with(|| Instant::now() + self.settings.hold_timeout)
+    }
 }
 
 pub struct Ctx {
@@ -56,8 +62,9 @@ pub struct Ctx {
     /// retirement can wait for it.
     lease: Option<Lease>,
     attempts: u8,
-    /// When waiting for a backend must end.
-    hold_until: Instant,
+    /// When waiting for a backend must end; set by the first wait, so a
+    /// request that never waits never reads the clock for it.
+    hold_until: Option<Instant>,
     /// Set only with the access log on, so it costs nothing otherwise.
     started: Option<std::time::Instant>,
 }
@@ -74,7 +81,7 @@ impl ProxyHttp for Proxy {
         Ctx {
             lease: None,
             attempts: 0,
-            hold_until: Instant::now() + self.settings.hold_timeout,
+            hold_until: None,
             started: self.settings.access_log.then(std::time::Instant::now),
         }
     }
@@ -103,7 +110,7 @@ impl ProxyHttp for Proxy {
             let _ = downstream.read_body_or_idle(true).await;
         };
         ctx.lease = tokio::select! {
-            lease = self.backends.acquire(&place, ctx.hold_until) => lease,
+            lease = self.backends.acquire(&place, self.hold_until(ctx)) => lease,
             _ = client_gone => None,
         };
         if ctx.lease.is_some() {
@@ -120,7 +127,8 @@ impl ProxyHttp for Proxy {
         if ctx.lease.is_none() {
             // A retry: the failed attempt released its lease.
             if let Some(place) = self.backends.waiter(self.settings.max_held) {
-                ctx.lease = self.backends.acquire(&place, ctx.hold_until).await;
+                let deadline = self.hold_until(ctx);
+                ctx.lease = self.backends.acquire(&place, deadline).await;
             }
         }
         let Some(lease) = &ctx.lease else {
