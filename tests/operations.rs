@@ -136,8 +136,7 @@ fn admin_get(port: u16, path: &str) -> Response {
 fn admin_serves_ready_metrics_and_status() {
     let scratch = Scratch::new();
     scratch.set_flags("--start-delay 3s");
-    let admin = free_ports().proxy;
-    let admin_addr = format!("127.0.0.1:{admin}");
+    let (admin, admin_addr) = admin_address();
     let mut liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr]);
     // Starting: not ready yet (the child sleeps before it listens).
     liveroll.wait_log("event=spawn", 1);
@@ -212,29 +211,19 @@ fn admin_serves_ready_metrics_and_status() {
 fn a_held_request_whose_client_leaves_is_dropped() {
     let scratch = Scratch::new();
     scratch.set_flags("--unhealthy");
-    let admin = free_ports().proxy;
-    let admin_addr = format!("127.0.0.1:{admin}");
+    let (admin, admin_addr) = admin_address();
     let liveroll = Liveroll::start(
         &scratch,
         &["--admin-listen", &admin_addr, "--hold-timeout", "1h"],
     );
-    let held = || {
-        let body = admin_get(admin, "/metrics").body;
-        body.lines()
-            .find_map(|l| {
-                l.strip_prefix("liveroll_held_requests ")?
-                    .parse::<u32>()
-                    .ok()
-            })
-            .unwrap()
-    };
+    let held = || metric(admin, "liveroll_held_requests").unwrap();
     let mut conn = Conn::open(liveroll.ports.proxy).unwrap();
     conn.write_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    wait_for("the request to be held", || (held() == 1).then_some(()));
+    wait_for("the request to be held", || (held() == 1.0).then_some(()));
     drop(conn);
     wait_for("the held request to be dropped", || {
-        (held() == 0).then_some(())
+        (held() == 0.0).then_some(())
     });
     liveroll.assert_running();
 }
@@ -370,8 +359,7 @@ fn the_unit_file_is_consistent_and_verifies() {
 #[test]
 fn with_a_shutdown_delay_ready_turns_503_while_requests_are_still_served() {
     let scratch = Scratch::new();
-    let admin = free_ports().proxy;
-    let admin_addr = format!("127.0.0.1:{admin}");
+    let (admin, admin_addr) = admin_address();
     let mut liveroll = Liveroll::start(
         &scratch,
         &["--admin-listen", &admin_addr, "--shutdown-delay", "10s"],

@@ -101,8 +101,7 @@ fn sigterm_during_a_hung_pull_stops_at_once() {
 fn a_request_waiting_for_a_child_at_sigterm_gets_503() {
     let scratch = Scratch::new();
     scratch.set_flags("--unhealthy");
-    let admin = free_ports().proxy;
-    let admin_addr = format!("127.0.0.1:{admin}");
+    let (admin, admin_addr) = admin_address();
     let mut liveroll = Liveroll::start(
         &scratch,
         &["--hold-timeout", "1h", "--admin-listen", &admin_addr],
@@ -110,10 +109,7 @@ fn a_request_waiting_for_a_child_at_sigterm_gets_503() {
     let port = liveroll.ports.proxy;
     let held = thread::spawn(move || request(port, "GET", "/", b""));
     wait_for("the request to be held", || {
-        let metrics = request(admin, "GET", "/metrics", b"").ok()?.body;
-        metrics
-            .contains("\nliveroll_held_requests 1\n")
-            .then_some(())
+        (metric(admin, "liveroll_held_requests") == Some(1.0)).then_some(())
     });
     liveroll.signal(Signal::SIGTERM);
     let r = held.join().unwrap().unwrap();

@@ -59,6 +59,19 @@ pub fn free_ports() -> Ports {
     }
 }
 
+/// A free loopback address for `--admin-listen`: its port and `ip:port`.
+pub fn admin_address() -> (u16, String) {
+    let port = free_ports().proxy;
+    (port, format!("127.0.0.1:{port}"))
+}
+
+/// One sample of a Prometheus text exposition, read from the admin port.
+pub fn metric(admin_port: u16, name: &str) -> Option<f64> {
+    let body = request(admin_port, "GET", "/metrics", b"").ok()?.body;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A scratch directory holding what the `--id` and `--exec` commands read:
 /// `version` (the ID) and `flags` (extra demo flags), plus liveroll's log.
 pub struct Scratch {
