@@ -24,12 +24,7 @@ fn failed_update(
         &format!("event=update_failed trigger=sighup step={step}"),
         1,
     );
-    let line = liveroll
-        .log()
-        .lines()
-        .find(|l| l.contains("event=update_failed"))
-        .unwrap()
-        .to_string();
+    let line = liveroll.log_line("event=update_failed");
     assert!(line.contains("serving_id=v1"), "{line}");
     // The old child was not disturbed: same process, still answering.
     for _ in 0..5 {

@@ -243,12 +243,7 @@ fn the_access_log_is_off_unless_asked_for() {
     liveroll.wait_version("v1");
     liveroll.get("/headers").unwrap();
     liveroll.wait_log("method=GET path=\"/headers\" status=200", 1);
-    let line = liveroll
-        .log()
-        .lines()
-        .find(|l| l.contains("path=\"/headers\""))
-        .unwrap()
-        .to_string();
+    let line = liveroll.log_line("path=\"/headers\"");
     assert!(line.contains(" access] client=127.0.0.1:"), "{line}");
     assert!(
         line.contains(&format!("upstream_port={}", liveroll.ports.child1)),

@@ -242,6 +242,14 @@ impl Liveroll {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The first log line containing `needle` (which must be there).
+    pub fn log_line(&self, needle: &str) -> String {
+        let log = self.log();
+        let line = log.lines().find(|l| l.contains(needle));
+        line.unwrap_or_else(|| panic!("no {needle:?} in the log:\n{log}"))
+            .to_string()
+    }
+
     /// Fails the test at once if liveroll is no longer running.
     pub fn assert_running(&self) {
         assert!(
