@@ -259,18 +259,16 @@ impl Liveroll {
         );
     }
 
-    /// Waits until `needle` appears in the log `count` times.
+    /// Waits until `needle` appears in the log `count` times. (The log is
+    /// printed when a test fails, by `Drop`.)
     pub fn wait_log(&self, needle: &str, count: usize) {
-        let deadline = Instant::now() + PATIENCE;
-        while self.log().matches(needle).count() < count {
-            assert!(
-                Instant::now() < deadline,
-                "log never showed {needle:?} {count} time(s):\n{}",
-                self.log()
-            );
+        wait_for(&format!("{needle:?} {count} time(s) in the log"), || {
+            if self.log().matches(needle).count() >= count {
+                return Some(());
+            }
             self.assert_running();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            None
+        });
     }
 
     pub fn get(&self, path: &str) -> std::io::Result<Response> {
@@ -280,21 +278,13 @@ impl Liveroll {
     /// Waits until `/` is served by `version` and returns the demo's pid.
     pub fn wait_version(&self, version: &str) -> i32 {
         let want = format!("version={version} ");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Ok(r) = self.get("/") {
-                if r.status == 200 && r.body.starts_with(&want) {
-                    return r.demo_pid();
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never served {version}:\n{}",
-                self.log()
-            );
+        wait_for(&format!("{version} to be served"), || {
             self.assert_running();
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            self.get("/")
+                .ok()
+                .filter(|r| r.status == 200 && r.body.starts_with(&want))
+                .map(|r| r.demo_pid())
+        })
     }
 
     /// Waits until `/` answers from a demo other than `pid`; returns the new pid.
