@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::InvalidHeaderValue;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use log::info;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::HttpPeer;
@@ -30,6 +30,11 @@ use crate::metrics::METRICS;
 const MAX_ATTEMPTS: u8 = 8;
 /// How long a backend that refused a connection is passed over.
 const EJECT_FOR: Duration = Duration::from_secs(1);
+
+// Looked up as constants, so no lookup parses a header name per request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 pub struct Settings {
     /// How long a request may wait for a healthy child.
@@ -216,15 +221,15 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip())
         {
-            let prior = req.headers.get("x-forwarded-for").map(|v| v.as_bytes());
+            let prior = req.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
             let value = forwarded_for(prior.filter(|v| !v.is_empty()), ip);
             req.insert_header("X-Forwarded-For", value.map_err(|_| bad_header())?)?;
         }
-        if !req.headers.contains_key("x-forwarded-proto") {
+        if !req.headers.contains_key(&X_FORWARDED_PROTO) {
             req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
         }
-        if !req.headers.contains_key("x-forwarded-host") {
-            if let Some(host) = req.headers.get("host").cloned() {
+        if !req.headers.contains_key(&X_FORWARDED_HOST) {
+            if let Some(host) = req.headers.get(http::header::HOST).cloned() {
                 req.insert_header("X-Forwarded-Host", host)?;
             }
         }
