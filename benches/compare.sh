@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# Load comparison: the demo app direct, behind nginx, and behind liveroll.
+# Load comparison: the demo app direct, behind nginx, behind a plain Pingora
+# proxy, and behind liveroll.
 #
-# Usage: benches/compare.sh [all|load|rollover|scale]      (default: all)
+# Usage: benches/compare.sh [all|load|rollover|scale|instructions]  (default: all)
 #   DURATION=10s       length of each measured wrk run
 #   ROUNDS=3           rounds; targets and profiles are interleaved inside a round
 #   CONNS=64           wrk connections (load section)
 #   ROLLOVERS=20       SIGHUP rollovers timed by the rollover section
 #   IDLE_CONNS=10000   idle keep-alive connections held by the scale section
 #   SCALE_CONNS=128    wrk connections of the scale section's thread comparison
-# Defaults take about 5 minutes (3 rounds x 2 profiles x 3 targets x 10 s,
-# plus warm-up, the rollover section and the scale section's 3 x 2 x 10 s).
+#   IR_DURATION=8s     length of each run under callgrind (instructions section)
+# Defaults take about 7 minutes (3 rounds x 2 profiles x 4 targets x 10 s,
+# plus warm-up, the rollover section, the scale section's 3 x 2 x 10 s and
+# the instructions section's 3 x 11 s under valgrind).
 #
 # Setup. One backend: the release demo app (`liveroll-demo --port P`). Targets:
 #   direct    wrk -> demo
@@ -22,6 +25,11 @@
 #             keep-alive connections (its default closes every 1000 requests),
 #             which keeps the connection accounting below exact; the upstream
 #             side keeps nginx's defaults.
+#   pingora   wrk -> a plain Pingora round-robin proxy -> the same demo:
+#             benches/pingora_floor.rs, Pingora's defaults (allocator
+#             included) and no hook but upstream_peer, with the same
+#             `threads: 1` conf. The floor under liveroll: what any
+#             ProxyHttp costs before it does anything of its own.
 #   liveroll  wrk -> liveroll -> its own demo child (same binary) on its child
 #             port; a Pingora conf with `threads: 1`.
 # Everything binds 127.0.0.1 on free ports and is stopped on exit (trap).
@@ -61,6 +69,18 @@
 #                       few per run to every row, and other programs' traffic
 #                       on the machine shows up in the direct row's zero.
 #
+#   x nginx             the proxy's CPU us/req over nginx's (both medians).
+#
+# Instructions (`compare.sh instructions`, also the last section of `all`):
+# CPU time on a shared 2-core VM moves by about 10% between runs; instruction
+# counts do not. nginx, the plain Pingora proxy and liveroll (set up as above)
+# each run under `valgrind --tool=callgrind`; after a 3 s warm-up the counters
+# are zeroed (`callgrind_control -z`), `wrk -t1 -c16 -d$IR_DURATION` runs
+# keep-alive, the counters are dumped, and the total is divided by wrk's
+# requests. User space only (the kernel's share, about half of the CPU time
+# per request, is not counted); valgrind slows each target about 50x, so
+# the counts are for comparing, not timing.
+#
 # Rollover (`compare.sh rollover`, also the last section of `all`): a separate
 # liveroll with the demo; benches/rollover.py sends SIGHUP, polls `GET /`
 # through liveroll every 1 ms until X-Demo-Pid changes, waits for the old
@@ -97,15 +117,17 @@ CONNS=${CONNS:-64}
 ROLLOVERS=${ROLLOVERS:-20}
 WARMUP=${WARMUP:-2s}
 IDLE_CONNS=${IDLE_CONNS:-10000}
+IR_DURATION=${IR_DURATION:-8s}
 SCALE_CONNS=${SCALE_CONNS:-128}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
 WRK_CONNS=$CONNS
 NGINX_WORKER_CONNECTIONS=4096
 LIVEROLL_ENV=()       # extra environment for liveroll (the scale section)
+WRAP=()               # command prefix for the proxies (the instructions section)
 case $MODE in
-    all | load | rollover | scale) ;;
+    all | load | rollover | scale | instructions) ;;
     *)
-        echo "usage: $0 [all|load|rollover|scale]" >&2
+        echo "usage: $0 [all|load|rollover|scale|instructions]" >&2
         exit 2
         ;;
 esac
@@ -132,6 +154,8 @@ install_missing() {
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
     command -v nstat >/dev/null && command -v ss >/dev/null || pkgs+=(iproute2)
+    [ "$MODE" = load ] || [ "$MODE" = rollover ] || [ "$MODE" = scale ] ||
+        command -v callgrind_control >/dev/null || pkgs+=(valgrind)
     if ((${#pkgs[@]})); then
         log "installing ${pkgs[*]}"
         $SUDO apt-get install -y "${pkgs[@]}" ||
@@ -279,10 +303,22 @@ $extra
     }
 }
 EOF
-    "$nginx" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
+    "${WRAP[@]}" "$nginx" -p "$dir/" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/stdout.log" 2>&1 &
     NGINX_PID=$!
     STARTED+=("$NGINX_PID")
     wait_ready nginx "$NGINX_PORT" "$NGINX_PID" "$dir/error.log"
+}
+
+start_floor() { # the plain Pingora proxy in front of the backend
+    free_port FLOOR_PORT
+    # No grace period, so it stops at once like the others (Pingora's is 300 s).
+    printf 'version: 1\nthreads: 1\ngrace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n' \
+        >"$TMP/floor.yaml"
+    "${WRAP[@]}" "$FLOOR" serve "$TMP/floor.yaml" "127.0.0.1:$FLOOR_PORT" \
+        "127.0.0.1:$BACKEND_PORT" >"$TMP/floor.log" 2>&1 &
+    FLOOR_PID=$!
+    STARTED+=("$FLOOR_PID")
+    wait_ready pingora "$FLOOR_PORT" "$FLOOR_PID" "$TMP/floor.log"
 }
 
 start_liveroll() { # NAME [THREADS]: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHILD
@@ -291,7 +327,7 @@ start_liveroll() { # NAME [THREADS]: sets ${NAME}_PORT, ${NAME}_PID, ${NAME}_CHI
     free_port c1
     free_port c2
     printf 'version: 1\nthreads: %s\n' "$threads" >"$TMP/$name.yaml"
-    env "${LIVEROLL_ENV[@]}" RUST_LOG="${RUST_LOG:-warn}" "$LIVEROLL" -c "$TMP/$name.yaml" \
+    env "${LIVEROLL_ENV[@]}" RUST_LOG="${RUST_LOG:-warn}" "${WRAP[@]}" "$LIVEROLL" -c "$TMP/$name.yaml" \
         --bind 127.0.0.1 --port "$port" --child-port1 "$c1" --child-port2 "$c2" \
         --pull true --id 'echo bench' --interval 1h \
         --exec "'$DEMO' --port <<PORT>>" >"$TMP/$name.log" 2>&1 &
@@ -392,15 +428,16 @@ load() {
     HZ=$(getconf CLK_TCK)
     start_backend
     start_nginx
+    start_floor
     start_liveroll LR
     log "backend :$BACKEND_PORT (pid $BACKEND_PID), nginx :$NGINX_PORT (pid $NGINX_PID)," \
-        "liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
+        "pingora :$FLOOR_PORT (pid $FLOOR_PID), liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
     log "nginx: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 
-    local -A port=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [liveroll]=$LR_PORT)
-    local -A proxy=([direct]=- [nginx]=$NGINX_PID [liveroll]=$LR_PID)
-    local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [liveroll]=$LR_CHILD)
-    local targets=(direct nginx liveroll) profiles=(keepalive close) t p r
+    local -A port=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [pingora]=$FLOOR_PORT [liveroll]=$LR_PORT)
+    local -A proxy=([direct]=- [nginx]=$NGINX_PID [pingora]=$FLOOR_PID [liveroll]=$LR_PID)
+    local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [pingora]=$BACKEND_PID [liveroll]=$LR_CHILD)
+    local targets=(direct nginx pingora liveroll) profiles=(keepalive close) t p r
 
     log "warm-up: $WARMUP per target"
     for t in "${targets[@]}"; do
@@ -418,27 +455,30 @@ load() {
     echo
     echo "Median of $ROUNDS rounds, wrk -t1 -c$CONNS -d$DURATION; $(nproc) CPUs; proxies with 1 worker thread."
     echo
-    echo "| target | profile | req/s | p50 | p99 | CPU µs/req | peak RSS MiB | upstream conns/req | backend CPU µs/req |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    local k cpu rss conns
+    echo "| target | profile | req/s | p50 | p99 | CPU µs/req | x nginx | peak RSS MiB | upstream conns/req | backend CPU µs/req |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    local k cpu rss conns ratio
     for p in "${profiles[@]}"; do
         for t in "${targets[@]}"; do
             k="$t|$p|"
             # shellcheck disable=SC2086 # word splitting of the value lists is intended
             if [ "$t" = direct ]; then
                 cpu=-
+                ratio=-
                 rss=-
                 conns="($(median ${RES[${k}conns]}))"
             else
                 cpu=$(median ${RES[${k}cpu]})
+                ratio=$(awk -v a="$cpu" -v b="$(median ${RES[nginx|$p|cpu]})" \
+                    'BEGIN { printf "%.2f", a / b }')
                 rss=$(median ${RES[${k}rss]})
                 conns=$(median ${RES[${k}conns]})
             fi
             # shellcheck disable=SC2086
-            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$t" \
+            printf '| %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$t" \
                 "$([ "$p" = close ] && echo 'Connection: close' || echo keep-alive)" \
                 "$(median ${RES[${k}rps]})" "$(fmt_lat "$(median ${RES[${k}p50]})")" \
-                "$(fmt_lat "$(median ${RES[${k}p99]})")" "$cpu" "$rss" "$conns" \
+                "$(fmt_lat "$(median ${RES[${k}p99]})")" "$cpu" "$ratio" "$rss" "$conns" \
                 "$(median ${RES[${k}bcpu]})"
         done
     done
@@ -446,6 +486,52 @@ load() {
     echo "CPU µs/req and peak RSS: the proxy process only. upstream conns/req: backend accepts per"
     echo "request from TcpPassiveOpens deltas (see the script header); for direct, in parentheses,"
     echo "the same formula where no upstream exists (the method's zero)."
+}
+
+# TARGET PID PORT: user-space instructions per keep-alive request, under callgrind.
+count_instructions() {
+    local out=$TMP/wrk.out dump="" f requests total
+    wrk -t1 -c16 -d3s "http://127.0.0.1:$3/" >/dev/null
+    callgrind_control -z "$2" >/dev/null 2>&1
+    wrk -t1 -c16 -d"$IR_DURATION" "http://127.0.0.1:$3/" >"$out"
+    callgrind_control -d "$2" >/dev/null 2>&1
+    requests=$(awk '/ requests in / { print $1 }' "$out")
+    for f in "$TMP/callgrind.$1".*; do # the newest file is the dump
+        [ -z "$dump" ] || [ "$f" -nt "$dump" ] && dump=$f
+    done
+    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+    if [ -z "$requests" ] || ((requests == 0)) || [ -z "$total" ]; then
+        die "instructions: no count for $1 (${requests:-no} requests, ${total:-no} instructions)"
+    fi
+    RES[$1|ir]=$((total / requests))
+    log "  $1: $requests requests, $total instructions"
+    stop_pid "$2" 60 || true
+}
+
+instructions() {
+    install_missing
+    start_backend
+    local t
+    log "instructions: callgrind, wrk -t1 -c16 -d$IR_DURATION keep-alive"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.nginx.%p")
+    start_nginx
+    count_instructions nginx "$NGINX_PID" "$NGINX_PORT"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.pingora.%p")
+    start_floor
+    count_instructions pingora "$FLOOR_PID" "$FLOOR_PORT"
+    WRAP=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.liveroll.%p")
+    start_liveroll IR
+    count_instructions liveroll "$IR_PID" "$IR_PORT"
+    WRAP=()
+    echo
+    echo "User-space instructions per keep-alive request (callgrind; wrk -t1 -c16 -d$IR_DURATION)."
+    echo
+    echo "| target | instructions/req | x nginx |"
+    echo "|---|---:|---:|"
+    for t in nginx pingora liveroll; do
+        printf '| %s | %s | %s |\n' "$t" "${RES[$t|ir]}" \
+            "$(awk -v a="${RES[$t|ir]}" -v b="${RES[nginx|ir]}" 'BEGIN { printf "%.2f", a / b }')"
+    done
 }
 
 rollover() {
@@ -626,18 +712,24 @@ scale() {
     echo "process (all its threads); backend: its child."
 }
 
-log "building (cargo build --release)"
+log "building (cargo build --release; cargo bench --bench pingora_floor --no-run)"
 cargo build --release >&2
+FLOOR=$(cargo bench --bench pingora_floor --no-run --message-format=json |
+    grep -o '"executable":"[^"]*pingora_floor[^"]*"' | cut -d'"' -f4)
+[ -x "$FLOOR" ] || die "could not build benches/pingora_floor.rs"
 
 case $MODE in
     load) load ;;
     rollover) rollover ;;
     scale) scale ;;
+    instructions) instructions ;;
     all)
         load
         stop_all
         rollover
         stop_all
         scale
+        stop_all
+        instructions
         ;;
 esac
