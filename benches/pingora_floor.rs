@@ -38,12 +38,14 @@ impl ProxyHttp for RoundRobin {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [mode, conf, listen, backends @ ..] = &args[..] else {
-        return; // `cargo bench`: nothing to measure here.
+    if args.first().map(String::as_str) != Some("serve") {
+        return; // `cargo bench` passes `--bench`: nothing to measure here.
+    }
+    let [_, conf, listen, backends @ ..] = &args[..] else {
+        usage();
     };
-    if mode != "serve" || backends.is_empty() {
-        eprintln!("usage: pingora_floor serve CONF LISTEN BACKEND...");
-        std::process::exit(2);
+    if backends.is_empty() {
+        usage();
     }
     let backends = backends
         .iter()
@@ -63,4 +65,9 @@ fn main() {
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever();
+}
+
+fn usage() -> ! {
+    eprintln!("usage: pingora_floor serve CONF LISTEN BACKEND...");
+    std::process::exit(2);
 }
