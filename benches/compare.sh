@@ -92,9 +92,10 @@
 # processes are stopped by then.
 #   Idle connections: a fresh liveroll (`threads: 1`, as above), the same
 #   again with MIMALLOC_ALLOW_THP=0 in its environment (mimalloc then turns
-#   transparent huge pages off for the process), and a fresh nginx (as above,
+#   transparent huge pages off for the process), a fresh nginx (as above,
 #   with worker_connections raised to IDLE_CONNS + 1024, in front of a fresh
-#   demo). For each: VmRSS from /proc/PID/status, then benches/idle_conns.py
+#   demo) and the plain Pingora proxy (as above, in front of the same demo).
+#   For each: VmRSS from /proc/PID/status, then benches/idle_conns.py
 #   opens IDLE_CONNS connections, sends one `GET / HTTP/1.1` on each, reads the
 #   whole 200 response and holds them all open and idle; VmRSS again (1 s after
 #   the last response) and AnonHugePages from /proc/PID/smaps_rollup. KiB per
@@ -634,6 +635,9 @@ scale() {
     start_nginx
     log "  nginx :$NGINX_PORT (pid $NGINX_PID, worker_connections $NGINX_WORKER_CONNECTIONS)"
     idle_measure "nginx (1 worker process)" "$NGINX_PORT" "$NGINX_PID"
+    start_floor
+    log "  pingora :$FLOOR_PORT (pid $FLOOR_PID, threads: 1)"
+    idle_measure "pingora (plain, threads: 1)" "$FLOOR_PORT" "$FLOOR_PID"
     stop_all
 
     # b. Throughput, 1 vs 2 worker threads.
