@@ -72,21 +72,21 @@
 #   x nginx             the proxy's CPU us/req over nginx's (both medians).
 #
 # Instructions (`compare.sh instructions`, also the last section of `all`):
-# CPU time on a shared 2-core VM moves by about 10% between runs; instruction
+# CPU time on a shared 2-core VM moves by 10-20% between runs; instruction
 # counts do not. nginx, the plain Pingora proxy and liveroll (set up as above)
 # each run under `valgrind --tool=callgrind`; after a 3 s warm-up the counters
-# are zeroed (`callgrind_control -z`), `wrk -t1 -c16 -d$IR_DURATION` runs
-# keep-alive, the counters are dumped, and the total is divided by wrk's
-# requests. User space only (the kernel's share, about half of the CPU time
+# are dumped (`callgrind_control -d`, which also zeroes them), `wrk -t1 -c16
+# -d$IR_DURATION` runs keep-alive, they are dumped again, and the second
+# dump's total is divided by wrk's requests. User space only (the kernel's share, about half of the CPU time
 # per request, is not counted); valgrind slows each target about 50x, so
 # the counts are for comparing, not timing.
 #
-# Rollover (`compare.sh rollover`, also the last section of `all`): a separate
+# Rollover (`compare.sh rollover`, the second section of `all`): a separate
 # liveroll with the demo; benches/rollover.py sends SIGHUP, polls `GET /`
 # through liveroll every 1 ms until X-Demo-Pid changes, waits for the old
 # child to exit, and repeats ROLLOVERS times; median and max are printed.
 #
-# Scale (`compare.sh scale`, also the last section of `all`). Raises the
+# Scale (`compare.sh scale`, the third section of `all`). Raises the
 # open-file limit first (`ulimit -n 65536`, else the hard limit; it must reach
 # IDLE_CONNS + 1024), so every server it starts inherits it. Earlier sections'
 # processes are stopped by then.
@@ -491,16 +491,17 @@ load() {
 
 # TARGET PID PORT: user-space instructions per keep-alive request, under callgrind.
 count_instructions() {
-    local out=$TMP/wrk.out dump="" f requests total
+    # callgrind_control exits 0 even when it reaches nobody, so each dump is
+    # checked by its file (valgrind names them OUT.1, OUT.2; %p in OUT is
+    # the PID, as valgrind runs in the started process itself).
+    local out=$TMP/wrk.out base=$TMP/callgrind.$1.$2 requests total
     wrk -t1 -c16 -d3s "http://127.0.0.1:$3/" >/dev/null
-    callgrind_control -z "$2" >/dev/null 2>&1
+    callgrind_control -d "$2" >/dev/null 2>&1 # start, warm-up: dump 1, discarded
+    [ -s "$base.1" ] || die "instructions: callgrind_control did not reach $1 (pid $2)"
     wrk -t1 -c16 -d"$IR_DURATION" "http://127.0.0.1:$3/" >"$out"
     callgrind_control -d "$2" >/dev/null 2>&1
     requests=$(awk '/ requests in / { print $1 }' "$out")
-    for f in "$TMP/callgrind.$1".*; do # the newest file is the dump
-        [ -z "$dump" ] || [ "$f" -nt "$dump" ] && dump=$f
-    done
-    total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+    total=$(callgrind_annotate "$base.2" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
     if [ -z "$requests" ] || ((requests == 0)) || [ -z "$total" ]; then
         die "instructions: no count for $1 (${requests:-no} requests, ${total:-no} instructions)"
     fi
@@ -630,7 +631,8 @@ scale() {
     log "  liveroll :$SL_PORT (pid $SL_PID, threads: 1, MIMALLOC_ALLOW_THP=0)"
     idle_measure "liveroll (threads: 1), MIMALLOC_ALLOW_THP=0" "$SL_PORT" "$SL_PID"
     stop_all
-    NGINX_WORKER_CONNECTIONS=$((IDLE_CONNS + 1024))
+    # Local: the instructions section after this one gets the usual nginx.
+    local NGINX_WORKER_CONNECTIONS=$((IDLE_CONNS + 1024))
     start_backend
     start_nginx
     log "  nginx :$NGINX_PORT (pid $NGINX_PID, worker_connections $NGINX_WORKER_CONNECTIONS)"
@@ -719,7 +721,8 @@ scale() {
 log "building (cargo build --release; cargo bench --bench pingora_floor --no-run)"
 cargo build --release >&2
 FLOOR=$(cargo bench --bench pingora_floor --no-run --message-format=json |
-    grep -o '"executable":"[^"]*pingora_floor[^"]*"' | cut -d'"' -f4)
+    grep -o '"executable":"[^"]*pingora_floor[^"]*"' | cut -d'"' -f4) ||
+    die "could not build benches/pingora_floor.rs"
 [ -x "$FLOOR" ] || die "could not build benches/pingora_floor.rs"
 
 case $MODE in
