@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use liveroll::backends::{Backend, BackendSet};
+use liveroll::serve::backends::{Backend, BackendSet};
 
 fn set_of(n: u16) -> Arc<BackendSet> {
     let set = Arc::new(BackendSet::new());

@@ -1,19 +1,15 @@
 //! liveroll: a zero-downtime rolling-update supervisor and reverse proxy for
-//! one host, on Pingora. `main.rs` wires these modules together.
+//! one host, on Pingora. `main.rs` wires these parts together:
+//!
+//! - [`serve`]: the request path (the proxy and the set of children it may use);
+//! - [`update`]: the engine that pulls, starts, checks, publishes and retires;
+//! - [`process`]: the processes liveroll starts and the probes it sends them;
+//! - [`report`]: what operators see (log lines, metrics, `/status`, systemd).
 
-pub mod admin;
-pub mod backends;
-pub mod child;
-pub mod commands;
 pub mod config;
-pub mod health;
-pub mod metrics;
-pub mod monitor;
-pub mod notify;
-pub mod proxy;
-pub mod rollout;
+pub mod process;
+pub mod report;
+pub mod serve;
 pub mod server_conf;
 pub mod signals;
-pub mod status;
-pub mod supervisor;
-pub mod trigger;
+pub mod update;

@@ -6,11 +6,12 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 
-use liveroll::backends::BackendSet;
+use liveroll::serve::backends::BackendSet;
 use liveroll::config::Config;
-use liveroll::proxy::{Proxy, Settings};
-use liveroll::supervisor::Supervisor;
-use liveroll::{child, server_conf, signals};
+use liveroll::serve::proxy::{Proxy, Settings};
+use liveroll::update::supervisor::Supervisor;
+use liveroll::process::child;
+use liveroll::{server_conf, signals};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

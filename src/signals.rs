@@ -16,9 +16,9 @@ use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::notify;
-use crate::status::Status;
-use crate::trigger::{Reason, Triggers};
+use crate::report::notify;
+use crate::report::status::Status;
+use crate::update::trigger::{Reason, Triggers};
 
 /// Given to Pingora's `RunArgs`: resolves once a stop signal arrived.
 pub struct StopWatch(watch::Receiver<bool>);

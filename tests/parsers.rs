@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use liveroll::commands::{expand, parse_id, MAX_ID_BYTES};
+use liveroll::process::command::{expand, parse_id, MAX_ID_BYTES};
 use liveroll::config::parse_duration;
 use liveroll::server_conf;
 use proptest::prelude::*;

@@ -11,9 +11,9 @@ use log::debug;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::backends::BackendSet;
-use crate::metrics::{Live, METRICS};
-use crate::status::Status;
+use crate::serve::backends::BackendSet;
+use crate::report::metrics::{Live, METRICS};
+use crate::report::status::Status;
 
 const MAX_REQUEST: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);

@@ -19,8 +19,8 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 use tokio::time::Instant;
 
-use crate::backends::{BackendSet, Lease};
-use crate::metrics::METRICS;
+use crate::serve::backends::{BackendSet, Lease};
+use crate::report::metrics::METRICS;
 
 /// Attempts per request. Each failed attempt ejects its backend for
 /// [`EJECT_FOR`] (or, for a child that died mid-request, finds it gone), so

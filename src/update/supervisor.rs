@@ -13,12 +13,15 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use crate::backends::BackendSet;
+use crate::serve::backends::BackendSet;
 use crate::config::Config;
-use crate::rollout::Rollout;
-use crate::status::Status;
-use crate::trigger::{Reason, Trigger, Triggers};
-use crate::{admin, child, monitor, notify, signals};
+use crate::update::flow::Rollout;
+use crate::report::status::Status;
+use crate::update::trigger::{Reason, Trigger, Triggers};
+use crate::process::child;
+use crate::report::{admin, notify};
+use crate::signals;
+use crate::update::monitor;
 
 pub struct Supervisor {
     config: Arc<Config>,

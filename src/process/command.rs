@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use crate::notify;
+use crate::report::notify;
 
 /// Most bytes of an ID we accept; anything longer is not a version string.
 pub const MAX_ID_BYTES: usize = 4096;
@@ -234,7 +234,7 @@ mod tests {
             .unwrap();
         let gone = (0..500).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            crate::child::process_gone(pid)
+            crate::process::child::process_gone(pid)
         });
         assert!(gone, "background sleep {pid} survived the timeout");
         std::fs::remove_dir_all(dir).unwrap();

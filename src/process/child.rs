@@ -16,7 +16,7 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use crate::commands;
+use crate::process::command as commands;
 
 /// Process groups started and not yet seen gone.
 static GROUPS: Mutex<Vec<i32>> = Mutex::new(Vec::new());

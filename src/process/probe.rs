@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::child::Child;
+use crate::process::child::Child;
 
 /// First pause between probes; it doubles up to [`MAX_PAUSE`], so a child that
 /// starts in milliseconds is seen within milliseconds, and a slow one is not

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::backends::BackendSet;
+use crate::serve::backends::BackendSet;
 use crate::config::Config;
-use crate::health;
-use crate::trigger::{Reason, Triggers};
+use crate::process::probe as health;
+use crate::update::trigger::{Reason, Triggers};
 
 /// Consecutive results of one backend's checks.
 #[derive(Default, Debug, PartialEq)]

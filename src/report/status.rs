@@ -9,9 +9,9 @@ use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::backends::Backend;
+use crate::serve::backends::Backend;
 use crate::config::Config;
-use crate::notify;
+use crate::report::notify;
 
 #[derive(Clone)]
 pub struct ChildReport {

@@ -13,15 +13,15 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use tokio::sync::mpsc;
 
-use crate::backends::{Backend, BackendSet};
-use crate::child::Child;
-use crate::commands::{self, CommandError};
+use crate::serve::backends::{Backend, BackendSet};
+use crate::process::child::Child;
+use crate::process::command::{self as commands, CommandError};
 use crate::config::Config;
-use crate::health::{self, HealthError};
-use crate::metrics::{self, METRICS};
-use crate::notify;
-use crate::status::{ChildReport, Status, UpdateReport};
-use crate::trigger::{Reason, Trigger, Triggers};
+use crate::process::probe::{self as health, HealthError};
+use crate::report::metrics::{self, METRICS};
+use crate::report::notify;
+use crate::report::status::{ChildReport, Status, UpdateReport};
+use crate::update::trigger::{Reason, Trigger, Triggers};
 
 /// A child that ran at least this long before crashing resets the back-off.
 const CRASH_RESET_AFTER: Duration = Duration::from_secs(60);

@@ -1,0 +1,6 @@
+//! The request path: the Pingora proxy and the set of children it may send
+//! requests to. Nothing here takes a lock or formats a log line per request;
+//! it knows children only as addresses the engine publishes.
+
+pub mod backends;
+pub mod proxy;

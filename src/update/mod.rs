@@ -1,0 +1,9 @@
+//! The update engine: triggers, the update flow, the two child slots and the
+//! checks of serving children. It decides and emits events; it never formats
+//! a log line, and it touches the request path only by publishing and
+//! removing backends.
+
+pub mod flow;
+pub mod monitor;
+pub mod supervisor;
+pub mod trigger;
