@@ -6,11 +6,11 @@ use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 
-use liveroll::serve::backends::BackendSet;
 use liveroll::config::Config;
+use liveroll::process::group;
+use liveroll::serve::backends::BackendSet;
 use liveroll::serve::proxy::{Proxy, Settings};
 use liveroll::update::supervisor::Supervisor;
-use liveroll::process::child;
 use liveroll::{server_conf, signals};
 
 #[global_allocator]
@@ -74,6 +74,7 @@ fn main() {
         stop_tx,
         finished_tx.clone(),
     );
+    let children = supervisor.children();
     server.add_service(proxy);
     server.add_service(background_service("supervisor", supervisor));
 
@@ -83,9 +84,12 @@ fn main() {
         });
         let _ = finished_tx.send(());
     });
-    // Either the supervisor stopped every child, or Pingora gave up on it.
+    // Either the supervisor stopped every child, or Pingora gave up on it:
+    // then whatever the record still holds is killed now.
     let _ = finished.recv();
-    child::kill_all_now();
+    for child in children.borrow().iter() {
+        group::kill_now(child.info.pid);
+    }
     exit(0);
 }
 

@@ -1,5 +1,5 @@
 //! Signals: SIGHUP forces an update; SIGTERM, SIGINT and SIGQUIT shut down
-//! gracefully.
+//! gracefully, after `--shutdown-delay`.
 //!
 //! Pingora on its own treats SIGINT as a fast exit that skips services (our
 //! children would be orphaned), does not handle SIGHUP (the default action
@@ -11,30 +11,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use log::info;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::report::notify;
-use crate::report::status::Status;
+use crate::report::event::{Event, SignalAction};
+use crate::report::reporter::Reporter;
 use crate::update::trigger::{Reason, Triggers};
 
-/// Given to Pingora's `RunArgs`: resolves once a stop signal arrived.
-pub struct StopWatch(watch::Receiver<bool>);
+/// How far stopping has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    Running,
+    /// A stop signal came: no update starts, `/ready` is 503, and requests
+    /// are still served for `--shutdown-delay`.
+    Requested,
+    /// The delay is over: Pingora stops accepting and the drain begins.
+    Now,
+}
+
+/// The sending side, kept by the signal task.
+pub type StopSender = watch::Sender<Stop>;
+
+/// Given to Pingora's `RunArgs`: resolves once the shutdown delay is over.
+pub struct StopWatch(watch::Receiver<Stop>);
 
 #[async_trait]
 impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
         let mut stop = self.0.clone();
-        // An error means the listener is gone, which only happens on the way out.
-        let _ = stop.wait_for(|&stop| stop).await;
+        // An error means the sender is gone, which only happens on the way out.
+        let _ = stop.wait_for(|&stop| stop == Stop::Now).await;
         ShutdownSignal::GracefulTerminate
     }
 }
 
-pub fn stop_channel() -> (watch::Sender<bool>, StopWatch) {
-    let (tx, rx) = watch::channel(false);
+pub fn stop_channel() -> (StopSender, StopWatch) {
+    let (tx, rx) = watch::channel(Stop::Running);
     (tx, StopWatch(rx))
 }
 
@@ -42,53 +55,54 @@ pub fn stop_channel() -> (watch::Sender<bool>, StopWatch) {
 /// never kill liveroll with children left behind) and serves them in a task.
 pub fn listen(
     triggers: Arc<Triggers>,
-    status: Arc<Status>,
+    reporter: Arc<Reporter>,
     shutdown_delay: Duration,
-    stop: Arc<watch::Sender<bool>>,
+    stop: Arc<StopSender>,
 ) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
     tokio::spawn(async move {
-        let mut stopping = false;
         loop {
             let name = tokio::select! {
-                _ = hup.recv() => {
-                    if stopping {
-                        info!("event=signal signal=SIGHUP action=ignored reason=stopping");
-                        continue;
-                    }
-                    info!("event=signal signal=SIGHUP action=forced-update");
-                    notify::reloading();
-                    triggers.request(Reason::Sighup);
-                    continue;
-                }
+                _ = hup.recv() => "SIGHUP",
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = quit.recv() => "SIGQUIT",
             };
-            if std::mem::replace(&mut stopping, true) {
+            let stopping = *stop.borrow() != Stop::Running;
+            let action = match (name, stopping) {
+                ("SIGHUP", false) => SignalAction::ForcedUpdate,
+                ("SIGHUP", true) => SignalAction::Ignored,
+                (_, false) => SignalAction::Shutdown,
                 // A second stop signal cuts --shutdown-delay short.
-                info!("event=signal signal={name} action=shutdown-now");
-                stop.send_replace(true);
-                continue;
-            }
-            info!("event=signal signal={name} action=shutdown");
-            // /ready turns 503 now; with --shutdown-delay, liveroll keeps
-            // serving meanwhile, so a load balancer in front notices first.
-            status.stopping();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                if !shutdown_delay.is_zero() {
-                    info!(
-                        "event=shutdown_delay delay={}",
-                        humantime::format_duration(shutdown_delay)
-                    );
-                    tokio::time::sleep(shutdown_delay).await;
+                (_, true) => SignalAction::ShutdownNow,
+            };
+            reporter.emit(Event::Signal { name, action });
+            match action {
+                SignalAction::ForcedUpdate => triggers.request(Reason::Sighup),
+                SignalAction::Ignored => {}
+                SignalAction::ShutdownNow => {
+                    stop.send_replace(Stop::Now);
                 }
-                stop.send_replace(true);
-            });
+                SignalAction::Shutdown => {
+                    // /ready turns 503 now (the reporter saw the signal);
+                    // with --shutdown-delay, liveroll keeps serving meanwhile,
+                    // so a load balancer in front notices first.
+                    stop.send_replace(Stop::Requested);
+                    let (stop, reporter) = (stop.clone(), reporter.clone());
+                    tokio::spawn(async move {
+                        if !shutdown_delay.is_zero() {
+                            reporter.emit(Event::ShutdownDelay {
+                                delay: shutdown_delay,
+                            });
+                            tokio::time::sleep(shutdown_delay).await;
+                        }
+                        stop.send_replace(Stop::Now);
+                    });
+                }
+            }
         }
     });
     Ok(())

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use liveroll::process::command::{expand, parse_id, MAX_ID_BYTES};
 use liveroll::config::parse_duration;
+use liveroll::process::command::{expand, parse_id, MAX_ID_BYTES};
 use liveroll::server_conf;
 use proptest::prelude::*;
 

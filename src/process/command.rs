@@ -12,8 +12,6 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
-use crate::report::notify;
-
 /// Most bytes of an ID we accept; anything longer is not a version string.
 pub const MAX_ID_BYTES: usize = 4096;
 /// How much of a failed command's stderr goes into the error.
@@ -45,8 +43,12 @@ impl fmt::Display for CommandError {
     }
 }
 
+/// systemd's variables for liveroll itself: a command or child must never
+/// talk to systemd in liveroll's name.
+const PRIVATE_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
 /// `sh -c cmd` in a process group of its own, with no stdin and without
-/// liveroll's systemd variables (a child must not notify in its name).
+/// liveroll's systemd variables.
 pub fn shell(cmd: &str) -> Command {
     let mut command = Command::new("sh");
     command
@@ -54,7 +56,7 @@ pub fn shell(cmd: &str) -> Command {
         .arg(cmd)
         .process_group(0)
         .stdin(Stdio::null());
-    for var in notify::PRIVATE_ENV {
+    for var in PRIVATE_ENV {
         command.env_remove(var);
     }
     command
@@ -234,7 +236,7 @@ mod tests {
             .unwrap();
         let gone = (0..500).any(|_| {
             std::thread::sleep(Duration::from_millis(10));
-            crate::process::child::process_gone(pid)
+            crate::process::procfs::process_gone(pid)
         });
         assert!(gone, "background sleep {pid} survived the timeout");
         std::fs::remove_dir_all(dir).unwrap();

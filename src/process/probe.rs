@@ -39,11 +39,16 @@ impl fmt::Display for HealthError {
 }
 
 /// Polls `path` on the child until it answers 200, it exits, or `timeout` passes.
-pub async fn wait_healthy(child: &Child, path: &str, timeout: Duration) -> Result<(), HealthError> {
+pub async fn wait_healthy(
+    child: &Child,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), HealthError> {
     let deadline = Instant::now() + timeout;
     let mut pause = FIRST_PAUSE;
     loop {
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, probe(child.port, path));
+        let probe = tokio::time::timeout(PROBE_TIMEOUT, probe(port, path));
         let last = tokio::select! {
             status = child.exited() => return Err(HealthError::Exited(status)),
             result = probe => match result {

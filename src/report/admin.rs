@@ -11,18 +11,18 @@ use log::debug;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::metrics::{Live, METRICS};
+use super::reporter::Reporter;
 use crate::serve::backends::BackendSet;
-use crate::report::metrics::{Live, METRICS};
-use crate::report::status::Status;
 
 const MAX_REQUEST: usize = 8192;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, status: Arc<Status>, backends: Arc<BackendSet>) {
+pub async fn serve(listener: TcpListener, reporter: Arc<Reporter>, backends: Arc<BackendSet>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, status.clone(), backends.clone()));
+                tokio::spawn(answer(stream, reporter.clone(), backends.clone()));
             }
             Err(e) => {
                 // E.g. out of file descriptors: do not spin on it.
@@ -33,12 +33,12 @@ pub async fn serve(listener: TcpListener, status: Arc<Status>, backends: Arc<Bac
     }
 }
 
-async fn answer(mut stream: TcpStream, status: Arc<Status>, backends: Arc<BackendSet>) {
+async fn answer(mut stream: TcpStream, reporter: Arc<Reporter>, backends: Arc<BackendSet>) {
     let Ok(Some((method, path))) = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await
     else {
         return;
     };
-    let (code, content_type, body) = route(&method, &path, &status, &backends);
+    let (code, content_type, body) = route(&method, &path, &reporter, &backends);
     let reason = match code {
         200 => "OK",
         404 => "Not Found",
@@ -58,7 +58,7 @@ async fn answer(mut stream: TcpStream, status: Arc<Status>, backends: Arc<Backen
 fn route(
     method: &str,
     path: &str,
-    status: &Status,
+    reporter: &Reporter,
     backends: &BackendSet,
 ) -> (u16, &'static str, String) {
     if method != "GET" && method != "HEAD" {
@@ -69,16 +69,16 @@ fn route(
             let live = Live {
                 held: backends.waiting(),
                 healthy_backends: backends.eligible(),
-                current_id: status.current_id(),
+                current_id: reporter.current_id(),
             };
             (200, "text/plain; version=0.0.4", METRICS.render(&live))
         }
         "/status" => {
-            let mut json = serde_json::to_string_pretty(&status.to_json()).unwrap_or_default();
+            let mut json = serde_json::to_string_pretty(&reporter.status()).unwrap_or_default();
             json.push('\n');
             (200, "application/json", json)
         }
-        "/ready" if status.ready() => (200, "text/plain", "ready\n".into()),
+        "/ready" if reporter.ready() => (200, "text/plain", "ready\n".into()),
         "/ready" => (503, "text/plain", "not ready\n".into()),
         _ => (
             404,

@@ -1,7 +1,11 @@
 //! What operators see: log lines, Prometheus metrics, `/status` and `/ready`,
-//! and systemd's notifications. Nothing here decides anything.
+//! and systemd's notifications. The engine emits [`event::Event`]s; the
+//! [`reporter::Reporter`] turns each into all of these. Nothing here decides
+//! anything.
 
 pub mod admin;
+pub mod event;
 pub mod metrics;
 pub mod notify;
+pub mod reporter;
 pub mod status;

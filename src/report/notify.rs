@@ -11,13 +11,10 @@
 
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use log::debug;
 use nix::time::{clock_gettime, ClockId};
-
-static READY: AtomicBool = AtomicBool::new(false);
 
 /// Sends one message; a full or missing socket only costs a debug line.
 fn send(message: &str) {
@@ -46,20 +43,11 @@ pub fn status(text: &str) {
 
 /// A child serves: startup is done (or a reload finished).
 pub fn ready(text: &str) {
-    READY.store(true, Ordering::Relaxed);
     send(&format!("READY=1\nSTATUS={text}"));
 }
 
-pub fn is_ready() -> bool {
-    READY.load(Ordering::Relaxed)
-}
-
-/// A reload (SIGHUP) started. Before the first READY=1 systemd is still
-/// starting the service and takes no reload, so nothing is sent then.
+/// A reload (SIGHUP) started.
 pub fn reloading() {
-    if !is_ready() {
-        return;
-    }
     match clock_gettime(ClockId::CLOCK_MONOTONIC) {
         Ok(now) => {
             let usec = now.tv_sec() as u64 * 1_000_000 + now.tv_nsec() as u64 / 1000;
@@ -88,7 +76,3 @@ pub fn watchdog_interval() -> Option<Duration> {
 pub fn watchdog() {
     send("WATCHDOG=1");
 }
-
-/// The variables that belong to liveroll alone: a child must not talk to
-/// systemd in liveroll's name.
-pub const PRIVATE_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];

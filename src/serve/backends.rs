@@ -1,6 +1,6 @@
 //! The set of healthy children the proxy may send requests to.
 //!
-//! The supervisor replaces the whole list atomically ([`ArcSwap`]); the proxy
+//! The engine replaces the whole list atomically ([`ArcSwap`]); the proxy
 //! only loads it and bumps a cursor, so the request path takes no lock and
 //! allocates nothing. Each backend counts the requests in flight on it, which
 //! is what retirement waits for before it signals the old child.
@@ -10,10 +10,17 @@
 //! proxy), or while active health checks find it failing (decided by the
 //! monitor). When no backend can be picked, requests wait for one
 //! ([`BackendSet::acquire`]) instead of failing.
+//!
+//! Why not `pingora-load-balancing`'s `LoadBalancer`: its backends are keyed
+//! by address and carry health and pooled connections across updates, but a
+//! replacement child on the same port must start with neither; retirement
+//! needs a per-backend count of requests in flight to drain; and a request
+//! that finds no child must wait in a bounded queue rather than fail. Each
+//! of these would sit beside it rather than in it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -36,6 +43,9 @@ pub struct Backend {
     unhealthy: AtomicBool,
     /// Passed over until this time (nanoseconds after [`epoch`]); 0 = never.
     ejected_until: AtomicU64,
+    /// Someone waits for this backend to drain: the last lease wakes them.
+    watched: AtomicBool,
+    idle: Notify,
 }
 
 impl Backend {
@@ -47,6 +57,8 @@ impl Backend {
             live: AtomicBool::new(true),
             unhealthy: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
+            watched: AtomicBool::new(false),
+            idle: Notify::new(),
         })
     }
 
@@ -73,28 +85,38 @@ impl Backend {
         until == 0 || now_nanos() >= until
     }
 
-    /// Waits until no request is in flight on this backend, or `timeout` passes.
-    /// Returns whether it drained.
-    pub async fn drained(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.inflight() > 0 {
-            if Instant::now() >= deadline {
-                return false;
+    /// Waits until no request is in flight on this backend, or `deadline`
+    /// passes. Returns whether it drained.
+    pub async fn drained(&self, deadline: tokio::time::Instant) -> bool {
+        // Marked before looking at the count, and the last lease looks at the
+        // mark after counting down: one of the two sees the other.
+        self.watched.store(true, Ordering::SeqCst);
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.inflight() == 0 {
+                return true;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inflight() == 0;
+            }
         }
-        true
     }
 }
 
 /// A request's place among those waiting for a backend (see
 /// [`BackendSet::waiter`]); counted down when dropped, also when the wait is
 /// abandoned because the client left.
-pub struct Waiter<'a>(&'a AtomicUsize);
+pub struct Waiter<'a>(&'a BackendSet);
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        let set = self.0;
+        if set.waiting.fetch_sub(1, Ordering::SeqCst) == 1 && set.closing.load(Ordering::SeqCst) {
+            // Shutdown waits for the last answer (see `BackendSet::unanswered`).
+            set.changed.notify_waiters();
+        }
     }
 }
 
@@ -110,7 +132,14 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+        let backend = &self.0;
+        // Only a drain waits for zero, so only then is anyone woken: the
+        // request path takes no lock otherwise.
+        if backend.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && backend.watched.load(Ordering::SeqCst)
+        {
+            backend.idle.notify_waiters();
+        }
     }
 }
 
@@ -127,10 +156,6 @@ pub struct BackendSet {
     changed: Notify,
     /// Requests waiting in [`acquire`](Self::acquire) now.
     waiting: AtomicUsize,
-    /// Every backend ever published that something still holds (a lease of
-    /// a request in flight, or the supervisor): what shutdown must drain,
-    /// including children that were being retired when it began.
-    published: Mutex<Vec<Weak<Backend>>>,
     /// Set at shutdown: nobody waits for a backend any more.
     closing: AtomicBool,
 }
@@ -156,8 +181,8 @@ impl BackendSet {
     /// proxy does only once it has answered, so shutdown can wait for those
     /// answers.
     pub fn waiter(&self, max_waiting: usize) -> Option<Waiter<'_>> {
-        let waiter = Waiter(&self.waiting);
-        (self.waiting.fetch_add(1, Ordering::Relaxed) < max_waiting).then_some(waiter)
+        let waiter = Waiter(self);
+        (self.waiting.fetch_add(1, Ordering::SeqCst) < max_waiting).then_some(waiter)
     }
 
     /// Like [`select`](Self::select), but waits for a backend to become
@@ -172,7 +197,23 @@ impl BackendSet {
 
     /// Requests waiting for a backend now.
     pub fn waiting(&self) -> usize {
-        self.waiting.load(Ordering::Relaxed)
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// After [`close`](Self::close): waits until every waiting request has
+    /// been answered, or `deadline` passes. Returns whether none is left.
+    pub async fn unanswered(&self, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.waiting() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.waiting() == 0;
+            }
+        }
     }
 
     /// Backends a request could be sent to now.
@@ -190,7 +231,7 @@ impl BackendSet {
                 return Some(lease);
             }
             let now = tokio::time::Instant::now();
-            if now >= deadline || self.closing.load(Ordering::Relaxed) {
+            if now >= deadline || self.closing.load(Ordering::SeqCst) {
                 return None;
             }
             let _ = tokio::time::timeout_at(deadline.min(now + RECHECK), changed).await;
@@ -208,10 +249,6 @@ impl BackendSet {
 
     /// Adds a backend; new requests may go to it at once.
     pub fn publish(&self, backend: Arc<Backend>) {
-        let mut published = self.published.lock().unwrap();
-        published.retain(|b| b.strong_count() > 0);
-        published.push(Arc::downgrade(&backend));
-        drop(published);
         self.list.rcu(|list| {
             let mut next = Vec::clone(list);
             next.push(backend.clone());
@@ -256,24 +293,13 @@ impl BackendSet {
     /// Shutdown: requests waiting for a backend get their answer (503) now
     /// instead of when liveroll is gone.
     pub fn close(&self) {
-        self.closing.store(true, Ordering::Relaxed);
+        self.closing.store(true, Ordering::SeqCst);
         self.changed.notify_waiters();
     }
 
     /// The backends new requests may be sent to (health checks, metrics).
     pub fn all(&self) -> Vec<Arc<Backend>> {
         self.list.load().to_vec()
-    }
-
-    /// Every backend that may still have requests in flight, published or
-    /// already removed (shutdown's drain).
-    pub fn in_use(&self) -> Vec<Arc<Backend>> {
-        self.published
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .collect()
     }
 }
 
@@ -422,18 +448,6 @@ mod tests {
         assert_eq!(set.all().len(), 1);
     }
 
-    #[test]
-    fn a_removed_backend_with_requests_in_flight_is_still_in_use() {
-        let set = BackendSet::new();
-        set.publish(Backend::new(addr(1), 1));
-        let lease = set.select().unwrap();
-        set.remove(1);
-        assert!(set.all().is_empty());
-        assert_eq!(set.in_use().len(), 1);
-        drop(lease);
-        assert!(set.in_use().is_empty(), "nothing holds it any more");
-    }
-
     #[tokio::test]
     async fn drained_waits_for_the_last_lease() {
         let set = Arc::new(BackendSet::new());
@@ -441,9 +455,46 @@ mod tests {
         set.publish(backend.clone());
         let lease = set.select().unwrap();
         set.remove(1);
-        assert!(!backend.drained(Duration::from_millis(30)).await);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(30);
+        assert!(!backend.drained(soon).await);
         let release = tokio::spawn(async move { drop(lease) });
-        assert!(backend.drained(Duration::from_secs(30)).await);
+        let later = tokio::time::Instant::now() + Duration::from_secs(30);
+        assert!(backend.drained(later).await);
         release.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_published_backend_drains_too() {
+        // Shutdown drains backends that are still in the list.
+        let set = Arc::new(BackendSet::new());
+        let backend = Backend::new(addr(1), 1);
+        set.publish(backend.clone());
+        let lease = set.select().unwrap();
+        let release = tokio::spawn(async move { drop(lease) });
+        let later = tokio::time::Instant::now() + Duration::from_secs(30);
+        assert!(backend.drained(later).await);
+        release.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unanswered_waits_for_the_last_waiter_after_close() {
+        let set = Arc::new(BackendSet::new());
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let waiter = tokio::spawn({
+            let set = set.clone();
+            async move {
+                let place = set.waiter(10).unwrap();
+                assert!(set.acquire(&place, far).await.is_none());
+                // Answering takes a moment; the place is held until then.
+                tokio::task::yield_now().await;
+                drop(place);
+            }
+        });
+        while set.waiting() == 0 {
+            tokio::task::yield_now().await;
+        }
+        set.close();
+        assert!(set.unanswered(far).await);
+        waiter.await.unwrap();
     }
 }

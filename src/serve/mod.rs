@@ -3,4 +3,5 @@
 //! it knows children only as addresses the engine publishes.
 
 pub mod backends;
+pub mod forwarded;
 pub mod proxy;

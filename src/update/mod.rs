@@ -3,7 +3,10 @@
 //! a log line, and it touches the request path only by publishing and
 //! removing backends.
 
+pub mod backoff;
+pub mod error;
 pub mod flow;
 pub mod monitor;
+pub mod slots;
 pub mod supervisor;
 pub mod trigger;

@@ -1,7 +1,9 @@
-//! Health checks of the children that serve, every `--health-interval`.
+//! Health checks of the children that serve, every `--health-interval`: the
+//! engine's decision to take a child out of rotation and replace it. (The
+//! probe itself, an HTTP request, is `process::probe`.)
 //!
 //! A child that fails `--unhealthy-threshold` checks in a row is taken out
-//! of the proxy (but left running) and a forced update is requested to
+//! of the proxy (but left running) and an update is requested to
 //! replace it; one that then passes `--healthy-threshold` checks in a row
 //! comes back. Needing several results in a row either way keeps one slow
 //! answer from flapping a child in and out.
@@ -10,11 +12,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use log::{info, warn};
-
-use crate::serve::backends::BackendSet;
 use crate::config::Config;
-use crate::process::probe as health;
+use crate::process::probe;
+use crate::report::event::Event;
+use crate::report::reporter::Reporter;
+use crate::serve::backends::BackendSet;
 use crate::update::trigger::{Reason, Triggers};
 
 /// Consecutive results of one backend's checks.
@@ -50,7 +52,12 @@ impl Streak {
 }
 
 /// Runs forever (until its task is dropped at shutdown).
-pub async fn run(config: Arc<Config>, backends: Arc<BackendSet>, triggers: Arc<Triggers>) {
+pub async fn run(
+    config: Arc<Config>,
+    backends: Arc<BackendSet>,
+    triggers: Arc<Triggers>,
+    reporter: Arc<Reporter>,
+) {
     if config.health_interval.is_zero() {
         return;
     }
@@ -71,7 +78,7 @@ pub async fn run(config: Arc<Config>, backends: Arc<BackendSet>, triggers: Arc<T
                 let (port, path) = (b.addr.port(), config.healthcheck.clone());
                 tokio::spawn(async move {
                     let result =
-                        tokio::time::timeout(probe_timeout, health::probe(port, &path)).await;
+                        tokio::time::timeout(probe_timeout, probe::probe(port, &path)).await;
                     matches!(result, Ok(Ok(200)))
                 })
             })
@@ -91,18 +98,18 @@ pub async fn run(config: Arc<Config>, backends: Arc<BackendSet>, triggers: Arc<T
             ) {
                 Verdict::Keep => {}
                 Verdict::Eject => {
-                    warn!(
-                        "event=unhealthy port={port} failed_checks={} action=eject-and-replace",
-                        streak.fails
-                    );
+                    reporter.emit(Event::Unhealthy {
+                        port,
+                        failed_checks: streak.fails,
+                    });
                     backends.set_unhealthy(backend, true);
                     triggers.request(Reason::Unhealthy);
                 }
                 Verdict::Recover => {
-                    info!(
-                        "event=recovered port={port} passed_checks={}",
-                        streak.passes
-                    );
+                    reporter.emit(Event::Recovered {
+                        port,
+                        passed_checks: streak.passes,
+                    });
                     backends.set_unhealthy(backend, false);
                 }
             }

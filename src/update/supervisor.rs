@@ -7,31 +7,35 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use log::{error, info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use crate::serve::backends::BackendSet;
+use super::flow::Engine;
+use super::monitor;
+use super::slots::{ChildView, Slots};
+use super::trigger::{Reason, Triggers};
 use crate::config::Config;
-use crate::update::flow::Rollout;
-use crate::report::status::Status;
-use crate::update::trigger::{Reason, Trigger, Triggers};
-use crate::process::child;
+use crate::process::child::Child;
+use crate::report::event::Event;
+use crate::report::reporter::Reporter;
 use crate::report::{admin, notify};
-use crate::signals;
-use crate::update::monitor;
+use crate::serve::backends::BackendSet;
+use crate::signals::{self, StopSender};
 
 pub struct Supervisor {
     config: Arc<Config>,
     backends: Arc<BackendSet>,
-    status: Arc<Status>,
+    reporter: Arc<Reporter>,
     triggers: Arc<Triggers>,
+    /// The engine's record of children until `start` hands it over.
+    slots: std::sync::Mutex<Option<Slots<Child>>>,
+    children: watch::Receiver<Arc<[ChildView]>>,
     /// Bound in `main` so a taken port fails before anything starts.
     admin: std::sync::Mutex<Option<std::net::TcpListener>>,
     /// Set by a stop signal; Pingora's shutdown follows from it.
-    stop: Arc<watch::Sender<bool>>,
+    stop: Arc<StopSender>,
     /// Told once every child is gone, so `main` can exit without waiting out
     /// Pingora's fixed grace period.
     finished: Sender<()>,
@@ -42,55 +46,27 @@ impl Supervisor {
         config: Arc<Config>,
         backends: Arc<BackendSet>,
         admin: Option<std::net::TcpListener>,
-        stop: watch::Sender<bool>,
+        stop: StopSender,
         finished: Sender<()>,
     ) -> Self {
+        let slots = Slots::new(config.child_ports());
+        let children = slots.watch();
         Supervisor {
-            status: Arc::new(Status::new(&config)),
+            reporter: Arc::new(Reporter::new(&config, children.clone())),
             config,
             backends,
             triggers: Arc::new(Triggers::new()),
+            slots: std::sync::Mutex::new(Some(slots)),
+            children,
             admin: std::sync::Mutex::new(admin),
             stop: Arc::new(stop),
             finished,
         }
     }
 
-    /// Stops serving: waits (bounded) for requests in flight, then terminates
-    /// every child's process group.
-    async fn shut_down(&self) {
-        self.status.stopping();
-        // Requests waiting for a child get their 503 now; wait until each
-        // has been written before anything can end the process.
-        self.backends.close();
-        let started = Instant::now();
-        let deadline = started + self.config.drain_timeout;
-        // Until no backend has a request in flight, all at the same moment:
-        // a request admitted late, or a retry, may lease one already seen idle.
-        loop {
-            let busy: Vec<_> = self
-                .backends
-                .in_use()
-                .into_iter()
-                .filter(|b| b.inflight() > 0)
-                .collect();
-            if busy.is_empty() && self.backends.waiting() == 0 {
-                break;
-            }
-            if Instant::now() >= deadline {
-                for backend in busy {
-                    warn!(
-                        "event=drain_timeout port={} inflight={}",
-                        backend.addr.port(),
-                        backend.inflight()
-                    );
-                }
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-        child::terminate_all(self.config.kill_timeout).await;
-        info!("event=stopped took_ms={}", started.elapsed().as_millis());
+    /// The engine's record of children, for a last look at exit.
+    pub fn children(&self) -> watch::Receiver<Arc<[ChildView]>> {
+        self.children.clone()
     }
 
     /// Starts the tasks that run beside the update loop.
@@ -109,17 +85,20 @@ impl Supervisor {
             self.config.clone(),
             self.backends.clone(),
             self.triggers.clone(),
+            self.reporter.clone(),
         ));
         if let Some(listener) = self.admin.lock().unwrap().take() {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
                     tokio::spawn(admin::serve(
                         listener,
-                        self.status.clone(),
+                        self.reporter.clone(),
                         self.backends.clone(),
                     ));
                 }
-                Err(e) => error!("event=admin_failed error=\"{e}\""),
+                Err(e) => self.reporter.emit(Event::AdminFailed {
+                    error: e.to_string(),
+                }),
             }
         }
     }
@@ -146,7 +125,7 @@ async fn until_shutdown<T>(
 /// What the supervisor does next.
 enum Work {
     Exited(u64),
-    Update(Trigger),
+    Update(super::trigger::Trigger),
 }
 
 #[async_trait]
@@ -155,34 +134,41 @@ impl BackgroundService for Supervisor {
         // Handlers first: a signal must never kill liveroll with children left.
         let signals = signals::listen(
             self.triggers.clone(),
-            self.status.clone(),
+            self.reporter.clone(),
             self.config.shutdown_delay,
             self.stop.clone(),
         );
         if let Err(e) = signals {
-            error!("event=fatal error=\"cannot install signal handlers: {e}\"");
+            self.reporter.emit(Event::Fatal {
+                error: format!("cannot install signal handlers: {e}"),
+            });
             std::process::exit(1);
         }
         self.spawn_helpers();
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
-        let mut rollout = Rollout::new(
+        let slots = self.slots.lock().unwrap().take().expect("started once");
+        let mut engine = Engine::new(
             self.config.clone(),
             self.backends.clone(),
             self.triggers.clone(),
-            self.status.clone(),
+            self.reporter.clone(),
+            self.stop.subscribe(),
+            slots,
             exits_tx,
         );
         self.triggers.request(Reason::Startup);
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
-            // before the update it triggers runs.
+            // before the update it triggers runs. Automatic updates wait out
+            // the back-off; a reload does not.
+            let hold_until = engine.backoff_until();
             let next = async {
                 tokio::select! {
                     biased;
                     Some(generation) = exits.recv() => Work::Exited(generation),
-                    trigger = self.triggers.next() => Work::Update(trigger),
+                    trigger = self.triggers.next(hold_until) => Work::Update(trigger),
                 }
             };
             let Some(work) = until_shutdown(next, &mut shutdown, &mut watchdog).await else {
@@ -193,21 +179,31 @@ impl BackgroundService for Supervisor {
             let done = match work {
                 Work::Exited(generation) => {
                     until_shutdown(
-                        rollout.child_exited(generation),
+                        engine.child_exited(generation),
                         &mut shutdown,
                         &mut watchdog,
                     )
                     .await
                 }
                 Work::Update(trigger) => {
-                    until_shutdown(rollout.run(trigger), &mut shutdown, &mut watchdog).await
+                    until_shutdown(engine.run(trigger), &mut shutdown, &mut watchdog).await
                 }
             };
             if done.is_none() {
                 break;
             }
         }
-        self.shut_down().await;
+
+        // Shutdown: requests waiting for a child get their 503 now, requests
+        // in flight finish (bounded), then every child is stopped.
+        self.reporter.emit(Event::Stopping);
+        self.backends.close();
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        engine.stop_all(deadline).await;
+        self.reporter.emit(Event::Stopped {
+            took: started.elapsed(),
+        });
         let _ = self.finished.send(());
     }
 }

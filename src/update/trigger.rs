@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
@@ -87,13 +88,24 @@ impl Triggers {
         self.notify.notify_one();
     }
 
-    /// Waits for the next (merged) trigger.
-    pub async fn next(&self) -> Trigger {
+    /// Waits for the next (merged) trigger. Until `hold_until` passes (the
+    /// back-off) only a reload is handed out; others stay pending, merged.
+    pub async fn next(&self, hold_until: Option<Instant>) -> Trigger {
         loop {
-            if let Some(trigger) = self.pending.lock().unwrap().take() {
-                return trigger;
+            let held = hold_until.filter(|&until| until > Instant::now());
+            {
+                let mut pending = self.pending.lock().unwrap();
+                if pending.is_some_and(|t| held.is_none() || t.reload) {
+                    return pending.take().expect("just checked");
+                }
             }
-            self.notify.notified().await;
+            match held {
+                Some(until) => tokio::select! {
+                    _ = self.notify.notified() => {}
+                    _ = tokio::time::sleep_until(until) => {}
+                },
+                None => self.notify.notified().await,
+            }
         }
     }
 }
@@ -134,13 +146,13 @@ mod tests {
             triggers.request(Reason::Interval);
         }
         triggers.request(Reason::Sighup);
-        let next = triggers.next().await;
+        let next = triggers.next(None).await;
         assert_eq!(
             (next.reason, next.forced, next.reload),
             (Reason::Sighup, true, true)
         );
         // Nothing more is pending.
-        let again = tokio::time::timeout(Duration::from_millis(50), triggers.next()).await;
+        let again = tokio::time::timeout(Duration::from_millis(50), triggers.next(None)).await;
         assert!(again.is_err());
     }
 
@@ -149,10 +161,26 @@ mod tests {
         let triggers = std::sync::Arc::new(Triggers::new());
         let waiter = tokio::spawn({
             let triggers = triggers.clone();
-            async move { triggers.next().await }
+            async move { triggers.next(None).await }
         });
         tokio::task::yield_now().await;
         triggers.request(Reason::Interval);
         assert_eq!(waiter.await.unwrap().reason, Reason::Interval);
+    }
+
+    #[tokio::test]
+    async fn a_held_trigger_waits_for_the_deadline_but_a_reload_does_not() {
+        let triggers = Triggers::new();
+        triggers.request(Reason::ChildExited);
+        let far = Instant::now() + Duration::from_secs(3600);
+        let held = tokio::time::timeout(Duration::from_millis(50), triggers.next(Some(far))).await;
+        assert!(held.is_err(), "held back");
+        triggers.request(Reason::Sighup);
+        let next = triggers.next(Some(far)).await;
+        assert_eq!((next.reason, next.reload), (Reason::Sighup, true));
+
+        triggers.request(Reason::Interval);
+        let soon = Instant::now() + Duration::from_millis(20);
+        assert_eq!(triggers.next(Some(soon)).await.reason, Reason::Interval);
     }
 }

@@ -323,7 +323,7 @@ impl Drop for Liveroll {
     }
 }
 
-pub use liveroll::process::child::process_gone;
+pub use liveroll::process::procfs::process_gone;
 
 /// Live processes whose command line starts with `prefix`.
 pub fn pids_starting_with(prefix: &str) -> Vec<i32> {

@@ -1,0 +1,726 @@
+//! Everything the engine tells the reporter, as plain values, and the log
+//! line each one is shown as. Operators grep these lines (and so do the
+//! tests), so each is pinned by a unit test below.
+
+use std::fmt::Write;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use log::Level;
+
+use crate::update::error::UpdateError;
+use crate::update::slots::ChildInfo;
+use crate::update::trigger::{Reason, Trigger};
+
+/// How an update ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The ID already serves; nothing was started.
+    Unchanged,
+    /// A new child serves; how long that took from the trigger.
+    Rolled(Duration),
+    Failed(UpdateError),
+}
+
+/// What a signal made liveroll do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignalAction {
+    ForcedUpdate,
+    /// Stopping: no update starts any more.
+    Ignored,
+    Shutdown,
+    /// A second stop signal: the shutdown delay is cut short.
+    ShutdownNow,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    /// A trigger arrived while stopping: nothing starts.
+    Skipped {
+        trigger: Reason,
+    },
+    UpdateStarted {
+        trigger: Trigger,
+    },
+    Pulling {
+        trigger: Reason,
+    },
+    /// `--id` printed `id`; `unchanged`: it already serves and nothing is forced.
+    IdRead {
+        id: String,
+        serving: Option<String>,
+        forced: bool,
+        unchanged: bool,
+    },
+    Spawned {
+        child: ChildInfo,
+        cmd: String,
+    },
+    Healthy {
+        child: ChildInfo,
+    },
+    Published {
+        child: ChildInfo,
+    },
+    Draining {
+        child: ChildInfo,
+        inflight: usize,
+    },
+    DrainTimeout {
+        child: ChildInfo,
+        inflight: usize,
+        after: Duration,
+    },
+    /// Still running `after` SIGTERM: the group gets SIGKILL.
+    Killed {
+        child: ChildInfo,
+        after: Duration,
+    },
+    Terminated {
+        child: ChildInfo,
+        status: Option<ExitStatus>,
+    },
+    /// A child exited on its own; `ran` is known when it was serving.
+    /// `serving`: what serves now.
+    Exited {
+        child: ChildInfo,
+        status: Option<ExitStatus>,
+        ran: Option<Duration>,
+        serving: Option<ChildInfo>,
+    },
+    ReplaceScheduled {
+        delay: Duration,
+    },
+    UpdateDone {
+        trigger: Trigger,
+        outcome: Outcome,
+        /// What serves after the update.
+        serving: Option<ChildInfo>,
+        took: Duration,
+    },
+    Unhealthy {
+        port: u16,
+        failed_checks: u32,
+    },
+    Recovered {
+        port: u16,
+        passed_checks: u32,
+    },
+    Signal {
+        name: &'static str,
+        action: SignalAction,
+    },
+    ShutdownDelay {
+        delay: Duration,
+    },
+    Stopping,
+    Stopped {
+        took: Duration,
+    },
+    AdminFailed {
+        error: String,
+    },
+    Fatal {
+        error: String,
+    },
+}
+
+impl Event {
+    /// The log line for this event, with its level.
+    pub fn log_line(&self) -> (Level, String) {
+        use Event::*;
+        let mut s = String::new();
+        let level = match self {
+            Skipped { trigger } => {
+                let _ = write!(s, "event=skipped trigger={trigger} reason=stopping");
+                Level::Debug
+            }
+            UpdateStarted { trigger } => {
+                let _ = write!(
+                    s,
+                    "event=update trigger={} forced={}",
+                    trigger.reason, trigger.forced
+                );
+                Level::Debug
+            }
+            Pulling { trigger } => {
+                let _ = write!(s, "event=pull trigger={trigger}");
+                Level::Debug
+            }
+            IdRead {
+                id,
+                serving,
+                forced,
+                unchanged,
+            } => {
+                if *unchanged {
+                    let _ = write!(s, "event=id id={id}");
+                    return (Level::Debug, s);
+                }
+                let _ = write!(
+                    s,
+                    "event=id id={id} serving_id={} forced={forced}",
+                    serving.as_deref().unwrap_or("none")
+                );
+                Level::Info
+            }
+            Spawned { child, cmd } => {
+                let _ = write!(
+                    s,
+                    "event=spawn slot={} port={} pid={} id={} cmd={cmd:?}",
+                    child.slot + 1,
+                    child.port,
+                    child.pid,
+                    child.id
+                );
+                Level::Info
+            }
+            Healthy { child } => {
+                let _ = write!(s, "event=healthy {}", fields(child));
+                Level::Info
+            }
+            Published { child } => {
+                let _ = write!(s, "event=publish {}", fields(child));
+                Level::Info
+            }
+            Draining { child, inflight } => {
+                let _ = write!(
+                    s,
+                    "event=drain slot={} port={} pid={} id={} inflight={inflight}",
+                    child.slot + 1,
+                    child.port,
+                    child.pid,
+                    child.id
+                );
+                Level::Info
+            }
+            DrainTimeout {
+                child,
+                inflight,
+                after,
+            } => {
+                let _ = write!(
+                    s,
+                    "event=drain_timeout port={} pid={} inflight={inflight} after={after:?}",
+                    child.port, child.pid
+                );
+                Level::Warn
+            }
+            Killed { child, after } => {
+                let _ = write!(
+                    s,
+                    "event=kill pgid={} reason=\"still running {after:?} after SIGTERM\"",
+                    child.pid
+                );
+                Level::Warn
+            }
+            Terminated { child, status } => {
+                let _ = write!(
+                    s,
+                    "event=terminated slot={} port={} pid={} id={} status={:?}",
+                    child.slot + 1,
+                    child.port,
+                    child.pid,
+                    child.id,
+                    status_text(*status)
+                );
+                Level::Info
+            }
+            Exited {
+                child, status, ran, ..
+            } => {
+                let _ = write!(
+                    s,
+                    "event=exit unexpected=true slot={} port={} pid={} id={} status={:?}",
+                    child.slot + 1,
+                    child.port,
+                    child.pid,
+                    child.id,
+                    status_text(*status)
+                );
+                if let Some(ran) = ran {
+                    let _ = write!(s, " ran_ms={}", ran.as_millis());
+                }
+                Level::Warn
+            }
+            ReplaceScheduled { delay } => {
+                let _ = write!(s, "event=replace_scheduled delay_ms={}", delay.as_millis());
+                Level::Info
+            }
+            UpdateDone {
+                trigger,
+                outcome,
+                serving,
+                ..
+            } => match outcome {
+                Outcome::Unchanged => {
+                    let id = serving.as_ref().map_or("none", |c| c.id.as_str());
+                    let _ = write!(s, "event=unchanged trigger={} id={id}", trigger.reason);
+                    Level::Debug
+                }
+                Outcome::Rolled(took) => match serving {
+                    Some(c) => {
+                        let _ = write!(
+                            s,
+                            "event=rolled trigger={} id={} slot={} port={} pid={} took_ms={}",
+                            trigger.reason,
+                            c.id,
+                            c.slot + 1,
+                            c.port,
+                            c.pid,
+                            took.as_millis()
+                        );
+                        Level::Info
+                    }
+                    // It died again while the old one drained; its exit is handled next.
+                    None => {
+                        let _ = write!(
+                            s,
+                            "event=rolled trigger={} took_ms={} serving_id=none",
+                            trigger.reason,
+                            took.as_millis()
+                        );
+                        Level::Warn
+                    }
+                },
+                Outcome::Failed(error) => {
+                    let _ = write!(
+                        s,
+                        "event=update_failed trigger={} step={}",
+                        trigger.reason,
+                        error.step().as_str()
+                    );
+                    if let UpdateError::Unhealthy { port, pid, .. } = error {
+                        let _ = write!(s, " port={port} pid={pid}");
+                    }
+                    let _ = write!(
+                        s,
+                        " error={:?} serving_id={}",
+                        error.to_string(),
+                        serving.as_ref().map_or("none", |c| c.id.as_str())
+                    );
+                    Level::Error
+                }
+            },
+            Unhealthy {
+                port,
+                failed_checks,
+            } => {
+                let _ = write!(
+                    s,
+                    "event=unhealthy port={port} failed_checks={failed_checks} action=eject-and-replace"
+                );
+                Level::Warn
+            }
+            Recovered {
+                port,
+                passed_checks,
+            } => {
+                let _ = write!(
+                    s,
+                    "event=recovered port={port} passed_checks={passed_checks}"
+                );
+                Level::Info
+            }
+            Signal { name, action } => {
+                let action = match action {
+                    SignalAction::ForcedUpdate => "forced-update",
+                    SignalAction::Ignored => "ignored reason=stopping",
+                    SignalAction::Shutdown => "shutdown",
+                    SignalAction::ShutdownNow => "shutdown-now",
+                };
+                let _ = write!(s, "event=signal signal={name} action={action}");
+                Level::Info
+            }
+            ShutdownDelay { delay } => {
+                let _ = write!(
+                    s,
+                    "event=shutdown_delay delay={}",
+                    humantime::format_duration(*delay)
+                );
+                Level::Info
+            }
+            Stopping => {
+                s.push_str("event=stopping");
+                Level::Debug
+            }
+            Stopped { took } => {
+                let _ = write!(s, "event=stopped took_ms={}", took.as_millis());
+                Level::Info
+            }
+            AdminFailed { error } => {
+                let _ = write!(s, "event=admin_failed error={error:?}");
+                Level::Error
+            }
+            Fatal { error } => {
+                let _ = write!(s, "event=fatal error={error:?}");
+                Level::Error
+            }
+        };
+        (level, s)
+    }
+}
+
+/// `slot= port= pid= id=`, the fields that name a child.
+fn fields(child: &ChildInfo) -> String {
+    format!(
+        "slot={} port={} pid={} id={}",
+        child.slot + 1,
+        child.port,
+        child.pid,
+        child.id
+    )
+}
+
+fn status_text(status: Option<ExitStatus>) -> String {
+    status.map_or_else(|| "unknown".into(), |s| s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
+    use super::*;
+    use crate::process::command::CommandError;
+    use crate::process::probe::HealthError;
+
+    fn child() -> ChildInfo {
+        ChildInfo {
+            slot: 1,
+            port: 9102,
+            pid: 4242,
+            id: "v2".into(),
+            generation: 7,
+        }
+    }
+
+    fn trigger(reason: Reason) -> Trigger {
+        Trigger {
+            reason,
+            forced: reason.forced(),
+            reload: reason == Reason::Sighup,
+        }
+    }
+
+    fn line(event: Event) -> String {
+        let (level, line) = event.log_line();
+        format!("{level} {line}")
+    }
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn skipped() {
+        let e = Event::Skipped {
+            trigger: Reason::Interval,
+        };
+        assert_eq!(
+            line(e),
+            "DEBUG event=skipped trigger=interval reason=stopping"
+        );
+    }
+
+    #[test]
+    fn update_started() {
+        let e = Event::UpdateStarted {
+            trigger: trigger(Reason::Sighup),
+        };
+        assert_eq!(line(e), "DEBUG event=update trigger=sighup forced=true");
+    }
+
+    #[test]
+    fn pulling() {
+        let e = Event::Pulling {
+            trigger: Reason::Startup,
+        };
+        assert_eq!(line(e), "DEBUG event=pull trigger=startup");
+    }
+
+    #[test]
+    fn id_read() {
+        let e = Event::IdRead {
+            id: "v2".into(),
+            serving: Some("v1".into()),
+            forced: false,
+            unchanged: false,
+        };
+        assert_eq!(line(e), "INFO event=id id=v2 serving_id=v1 forced=false");
+        let e = Event::IdRead {
+            id: "v1".into(),
+            serving: None,
+            forced: true,
+            unchanged: false,
+        };
+        assert_eq!(line(e), "INFO event=id id=v1 serving_id=none forced=true");
+        let e = Event::IdRead {
+            id: "v1".into(),
+            serving: Some("v1".into()),
+            forced: false,
+            unchanged: true,
+        };
+        assert_eq!(line(e), "DEBUG event=id id=v1");
+    }
+
+    #[test]
+    fn spawned() {
+        let e = Event::Spawned {
+            child: child(),
+            cmd: "app --port 9102".into(),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=spawn slot=2 port=9102 pid=4242 id=v2 cmd=\"app --port 9102\""
+        );
+    }
+
+    #[test]
+    fn healthy() {
+        let e = Event::Healthy { child: child() };
+        assert_eq!(
+            line(e),
+            "INFO event=healthy slot=2 port=9102 pid=4242 id=v2"
+        );
+    }
+
+    #[test]
+    fn published() {
+        let e = Event::Published { child: child() };
+        assert_eq!(
+            line(e),
+            "INFO event=publish slot=2 port=9102 pid=4242 id=v2"
+        );
+    }
+
+    #[test]
+    fn draining() {
+        let e = Event::Draining {
+            child: child(),
+            inflight: 3,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=drain slot=2 port=9102 pid=4242 id=v2 inflight=3"
+        );
+    }
+
+    #[test]
+    fn drain_timeout() {
+        let e = Event::DrainTimeout {
+            child: child(),
+            inflight: 1,
+            after: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=drain_timeout port=9102 pid=4242 inflight=1 after=1s"
+        );
+    }
+
+    #[test]
+    fn killed() {
+        let e = Event::Killed {
+            child: child(),
+            after: Duration::from_secs(10),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=kill pgid=4242 reason=\"still running 10s after SIGTERM\""
+        );
+    }
+
+    #[test]
+    fn terminated() {
+        let e = Event::Terminated {
+            child: child(),
+            status: Some(ExitStatus::from_raw(15)),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=terminated slot=2 port=9102 pid=4242 id=v2 status=\"signal: 15 (SIGTERM)\""
+        );
+        let e = Event::Terminated {
+            child: child(),
+            status: None,
+        };
+        assert!(line(e).ends_with("status=\"unknown\""));
+    }
+
+    #[test]
+    fn exited() {
+        let e = Event::Exited {
+            child: child(),
+            status: Some(ExitStatus::from_raw(9)),
+            ran: Some(Duration::from_millis(1500)),
+            serving: None,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=exit unexpected=true slot=2 port=9102 pid=4242 id=v2 status=\"signal: 9 (SIGKILL)\" ran_ms=1500"
+        );
+        let e = Event::Exited {
+            child: child(),
+            status: Some(ExitStatus::from_raw(0)),
+            ran: None,
+            serving: None,
+        };
+        assert!(line(e).ends_with("status=\"exit status: 0\""));
+    }
+
+    #[test]
+    fn replace_scheduled() {
+        let e = Event::ReplaceScheduled { delay: SECOND };
+        assert_eq!(line(e), "INFO event=replace_scheduled delay_ms=1000");
+    }
+
+    #[test]
+    fn update_done_unchanged() {
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Interval),
+            outcome: Outcome::Unchanged,
+            serving: Some(child()),
+            took: SECOND,
+        };
+        assert_eq!(line(e), "DEBUG event=unchanged trigger=interval id=v2");
+    }
+
+    #[test]
+    fn update_done_rolled() {
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Sighup),
+            outcome: Outcome::Rolled(Duration::from_millis(17)),
+            serving: Some(child()),
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=rolled trigger=sighup id=v2 slot=2 port=9102 pid=4242 took_ms=17"
+        );
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::ChildExited),
+            outcome: Outcome::Rolled(Duration::from_millis(17)),
+            serving: None,
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=rolled trigger=child-exit took_ms=17 serving_id=none"
+        );
+    }
+
+    #[test]
+    fn update_done_failed() {
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Sighup),
+            outcome: Outcome::Failed(UpdateError::Pull(CommandError::TimedOut(SECOND))),
+            serving: Some(child()),
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "ERROR event=update_failed trigger=sighup step=pull error=\"--pull failed: timed out after 1s, process group killed\" serving_id=v2"
+        );
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Interval),
+            outcome: Outcome::Failed(UpdateError::Unhealthy {
+                port: 9101,
+                pid: 77,
+                error: HealthError::Exited(ExitStatus::from_raw(256)),
+            }),
+            serving: None,
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "ERROR event=update_failed trigger=interval step=health port=9101 pid=77 error=\"new child exited before it was healthy (exit status: 1); it was terminated\" serving_id=none"
+        );
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Sighup),
+            outcome: Outcome::Failed(UpdateError::NoSlot(vec![9101])),
+            serving: Some(child()),
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "ERROR event=update_failed trigger=sighup step=slot error=\"child port 9101 already in use by another process\" serving_id=v2"
+        );
+    }
+
+    #[test]
+    fn unhealthy() {
+        let e = Event::Unhealthy {
+            port: 9101,
+            failed_checks: 3,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=unhealthy port=9101 failed_checks=3 action=eject-and-replace"
+        );
+    }
+
+    #[test]
+    fn recovered() {
+        let e = Event::Recovered {
+            port: 9101,
+            passed_checks: 2,
+        };
+        assert_eq!(line(e), "INFO event=recovered port=9101 passed_checks=2");
+    }
+
+    #[test]
+    fn signal() {
+        let cases = [
+            (SignalAction::ForcedUpdate, "SIGHUP", "action=forced-update"),
+            (
+                SignalAction::Ignored,
+                "SIGHUP",
+                "action=ignored reason=stopping",
+            ),
+            (SignalAction::Shutdown, "SIGTERM", "action=shutdown"),
+            (SignalAction::ShutdownNow, "SIGINT", "action=shutdown-now"),
+        ];
+        for (action, name, tail) in cases {
+            let e = Event::Signal { name, action };
+            assert_eq!(line(e), format!("INFO event=signal signal={name} {tail}"));
+        }
+    }
+
+    #[test]
+    fn shutdown_delay() {
+        let e = Event::ShutdownDelay {
+            delay: Duration::from_secs(90),
+        };
+        assert_eq!(line(e), "INFO event=shutdown_delay delay=1m 30s");
+    }
+
+    #[test]
+    fn stopping() {
+        assert_eq!(line(Event::Stopping), "DEBUG event=stopping");
+    }
+
+    #[test]
+    fn stopped() {
+        let e = Event::Stopped {
+            took: Duration::from_millis(250),
+        };
+        assert_eq!(line(e), "INFO event=stopped took_ms=250");
+    }
+
+    #[test]
+    fn admin_failed() {
+        let e = Event::AdminFailed {
+            error: "bad \"fd\"".into(),
+        };
+        assert_eq!(line(e), "ERROR event=admin_failed error=\"bad \\\"fd\\\"\"");
+    }
+
+    #[test]
+    fn fatal() {
+        let e = Event::Fatal {
+            error: "cannot install signal handlers: x".into(),
+        };
+        assert_eq!(
+            line(e),
+            "ERROR event=fatal error=\"cannot install signal handlers: x\""
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! The one place events become what operators see: each event is turned
+//! into its log line, its metrics, its part of `/status` and its systemd
+//! message, here and nowhere else.
+
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::event::{Event, Outcome, SignalAction};
+use super::metrics::{self, METRICS};
+use super::notify;
+use super::status::{self, UpdateRecord};
+use crate::config::Config;
+use crate::update::slots::{self, ChildInfo, ChildView};
+
+pub struct Reporter {
+    state: Mutex<State>,
+    /// The engine's record of children.
+    children: watch::Receiver<Arc<[ChildView]>>,
+    config: Value,
+}
+
+#[derive(Default)]
+struct State {
+    /// What is happening now, as `systemctl status` shows it.
+    phase: String,
+    stopping: bool,
+    /// READY=1 was sent: startup is over.
+    ready_sent: bool,
+    last_update: Option<UpdateRecord>,
+}
+
+impl Reporter {
+    pub fn new(config: &Config, children: watch::Receiver<Arc<[ChildView]>>) -> Self {
+        Reporter {
+            state: Mutex::default(),
+            children,
+            config: status::effective_config(config),
+        }
+    }
+
+    pub fn emit(&self, event: Event) {
+        let (level, line) = event.log_line();
+        log::log!(level, "{line}");
+        let mut state = self.state.lock().unwrap();
+        match event {
+            Event::Pulling { trigger } => state.phase(format!("pulling (trigger={trigger})")),
+            Event::Spawned { child, .. } => {
+                state.phase(format!("starting id={} port={}", child.id, child.port))
+            }
+            // systemd: startup is done once the first child serves.
+            Event::Published { child } if !state.ready_sent => state.ready(serving(Some(&child))),
+            Event::Draining { child, .. } => {
+                state.phase(format!("draining port={} pid={}", child.port, child.pid))
+            }
+            Event::Exited { serving: now, .. } => {
+                METRICS.child_restart();
+                state.phase(serving(now.as_ref()));
+            }
+            Event::UpdateDone {
+                trigger,
+                outcome,
+                serving: now,
+                took,
+            } => {
+                let (result, failure) = match &outcome {
+                    Outcome::Unchanged => {
+                        METRICS.rollout(metrics::Rollout::Unchanged);
+                        ("unchanged", None)
+                    }
+                    Outcome::Rolled(took) => {
+                        METRICS.rollout(metrics::Rollout::Rolled(*took));
+                        ("rolled", None)
+                    }
+                    Outcome::Failed(e) => {
+                        METRICS.rollout(metrics::Rollout::Failed);
+                        ("failed", Some((e.step().as_str(), e.to_string())))
+                    }
+                };
+                state.last_update = Some(UpdateRecord {
+                    at: SystemTime::now(),
+                    trigger: trigger.reason.to_string(),
+                    result,
+                    failure,
+                    duration_ms: took.as_millis(),
+                });
+                // systemd: a reload (SIGHUP) ends with this update, whatever
+                // its result.
+                if trigger.reload && state.ready_sent {
+                    state.ready(serving(now.as_ref()));
+                } else {
+                    state.phase(serving(now.as_ref()));
+                }
+            }
+            // Before the first READY=1 systemd is still starting the service
+            // and takes no reload.
+            Event::Signal {
+                action: SignalAction::ForcedUpdate,
+                ..
+            } if state.ready_sent => notify::reloading(),
+            Event::Signal {
+                action: SignalAction::Shutdown,
+                ..
+            }
+            | Event::Stopping => state.stopping(),
+            _ => {}
+        }
+    }
+
+    /// Ready for traffic: a child serves and liveroll is not stopping.
+    pub fn ready(&self) -> bool {
+        !self.state.lock().unwrap().stopping
+            && slots::current(self.children.borrow().iter()).is_some()
+    }
+
+    /// The ID of the current child.
+    pub fn current_id(&self) -> Option<String> {
+        slots::current(self.children.borrow().iter()).map(|c| c.info.id.clone())
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> Value {
+        let state = self.state.lock().unwrap();
+        let children = self.children.borrow().clone();
+        status::render(&status::Snapshot {
+            phase: &state.phase,
+            stopping: state.stopping,
+            children: &children,
+            last_update: state.last_update.as_ref(),
+            config: &self.config,
+        })
+    }
+}
+
+impl State {
+    /// A new phase, told to systemd when it changed (and never after stopping).
+    fn phase(&mut self, text: String) {
+        if self.phase != text && !self.stopping {
+            notify::status(&text);
+            self.phase = text;
+        }
+    }
+
+    /// Like [`phase`](Self::phase), telling systemd in the same message that
+    /// liveroll is ready (startup done, or a reload finished).
+    fn ready(&mut self, text: String) {
+        if !self.stopping {
+            notify::ready(&text);
+            self.ready_sent = true;
+            self.phase = text;
+        }
+    }
+
+    /// Liveroll is shutting down: not ready any more (said once).
+    fn stopping(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            self.phase = "stopping".into();
+            notify::stopping();
+        }
+    }
+}
+
+/// The phase text for what serves.
+fn serving(child: Option<&ChildInfo>) -> String {
+    match child {
+        Some(c) => format!("serving id={} port={} pid={}", c.id, c.port, c.pid),
+        None => "no child serving".into(),
+    }
+}
