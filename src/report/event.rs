@@ -129,199 +129,92 @@ impl Event {
     /// The log line for this event, with its level.
     pub fn log_line(&self) -> (Level, String) {
         use Event::*;
-        let mut s = String::new();
-        let level = match self {
-            Skipped { trigger } => {
-                let _ = write!(s, "event=skipped trigger={trigger} reason=stopping");
-                Level::Debug
-            }
-            UpdateStarted { trigger } => {
-                let _ = write!(
-                    s,
-                    "event=update trigger={} forced={}",
-                    trigger.reason, trigger.forced
-                );
-                Level::Debug
-            }
-            Pulling { trigger } => {
-                let _ = write!(s, "event=pull trigger={trigger}");
-                Level::Debug
-            }
+        use Level::{Debug, Error, Info, Warn};
+        match self {
+            Skipped { trigger } => (
+                Debug,
+                format!("event=skipped trigger={trigger} reason=stopping"),
+            ),
+            UpdateStarted { trigger } => (
+                Debug,
+                format!("event=update trigger={} forced={}", trigger.reason, trigger.forced),
+            ),
+            Pulling { trigger } => (Debug, format!("event=pull trigger={trigger}")),
+            IdRead { id, unchanged: true, .. } => (Debug, format!("event=id id={id}")),
             IdRead {
                 id,
                 serving,
                 forced,
-                unchanged,
-            } => {
-                if *unchanged {
-                    let _ = write!(s, "event=id id={id}");
-                    return (Level::Debug, s);
-                }
-                let _ = write!(
-                    s,
-                    "event=id id={id} serving_id={} forced={forced}",
-                    serving.as_deref().unwrap_or("none")
-                );
-                Level::Info
-            }
-            Spawned { child, cmd } => {
-                let _ = write!(
-                    s,
-                    "event=spawn slot={} port={} pid={} id={} cmd={cmd:?}",
-                    child.slot + 1,
-                    child.port,
-                    child.pid,
-                    child.id
-                );
-                Level::Info
-            }
-            Healthy { child } => {
-                let _ = write!(s, "event=healthy {}", fields(child));
-                Level::Info
-            }
-            Published { child } => {
-                let _ = write!(s, "event=publish {}", fields(child));
-                Level::Info
-            }
-            Draining { child, inflight } => {
-                let _ = write!(
-                    s,
-                    "event=drain slot={} port={} pid={} id={} inflight={inflight}",
-                    child.slot + 1,
-                    child.port,
-                    child.pid,
-                    child.id
-                );
-                Level::Info
-            }
+                ..
+            } => (
+                Info,
+                format!("event=id id={id} serving_id={} forced={forced}", id_or_none(serving)),
+            ),
+            Spawned { child, cmd } => (Info, format!("event=spawn {} cmd={cmd:?}", fields(child))),
+            Healthy { child } => (Info, format!("event=healthy {}", fields(child))),
+            Published { child } => (Info, format!("event=publish {}", fields(child))),
+            Draining { child, inflight } => (
+                Info,
+                format!("event=drain {} inflight={inflight}", fields(child)),
+            ),
             DrainTimeout {
                 child,
                 inflight,
                 after,
-            } => {
-                let _ = write!(
-                    s,
+            } => (
+                Warn,
+                format!(
                     "event=drain_timeout port={} pid={} inflight={inflight} after={after:?}",
                     child.port, child.pid
-                );
-                Level::Warn
-            }
-            Killed { child, after } => {
-                let _ = write!(
-                    s,
+                ),
+            ),
+            Killed { child, after } => (
+                Warn,
+                format!(
                     "event=kill pgid={} reason=\"still running {after:?} after SIGTERM\"",
                     child.pid
-                );
-                Level::Warn
-            }
-            Terminated { child, status } => {
-                let _ = write!(
-                    s,
-                    "event=terminated slot={} port={} pid={} id={} status={:?}",
-                    child.slot + 1,
-                    child.port,
-                    child.pid,
-                    child.id,
+                ),
+            ),
+            Terminated { child, status } => (
+                Info,
+                format!(
+                    "event=terminated {} status={:?}",
+                    fields(child),
                     status_text(*status)
-                );
-                Level::Info
-            }
+                ),
+            ),
             Exited {
                 child, status, ran, ..
             } => {
-                let _ = write!(
-                    s,
-                    "event=exit unexpected=true slot={} port={} pid={} id={} status={:?}",
-                    child.slot + 1,
-                    child.port,
-                    child.pid,
-                    child.id,
-                    status_text(*status)
-                );
-                if let Some(ran) = ran {
-                    let _ = write!(s, " ran_ms={}", ran.as_millis());
-                }
-                Level::Warn
+                let ran = ran.map_or(String::new(), |r| format!(" ran_ms={}", r.as_millis()));
+                let status = status_text(*status);
+                let line = format!("event=exit unexpected=true {} status={status:?}{ran}", fields(child));
+                (Warn, line)
             }
-            ReplaceScheduled { delay } => {
-                let _ = write!(s, "event=replace_scheduled delay_ms={}", delay.as_millis());
-                Level::Info
-            }
+            ReplaceScheduled { delay } => (
+                Info,
+                format!("event=replace_scheduled delay_ms={}", delay.as_millis()),
+            ),
             UpdateDone {
                 trigger,
                 outcome,
                 serving,
                 ..
-            } => match outcome {
-                Outcome::Unchanged => {
-                    let id = serving.as_ref().map_or("none", |c| c.id.as_str());
-                    let _ = write!(s, "event=unchanged trigger={} id={id}", trigger.reason);
-                    Level::Debug
-                }
-                Outcome::Rolled(took) => match serving {
-                    Some(c) => {
-                        let _ = write!(
-                            s,
-                            "event=rolled trigger={} id={} slot={} port={} pid={} took_ms={}",
-                            trigger.reason,
-                            c.id,
-                            c.slot + 1,
-                            c.port,
-                            c.pid,
-                            took.as_millis()
-                        );
-                        Level::Info
-                    }
-                    // It died again while the old one drained; its exit is handled next.
-                    None => {
-                        let _ = write!(
-                            s,
-                            "event=rolled trigger={} took_ms={} serving_id=none",
-                            trigger.reason,
-                            took.as_millis()
-                        );
-                        Level::Warn
-                    }
-                },
-                Outcome::Failed(error) => {
-                    let _ = write!(
-                        s,
-                        "event=update_failed trigger={} step={}",
-                        trigger.reason,
-                        error.step().as_str()
-                    );
-                    if let UpdateError::Unhealthy { port, pid, .. } = error {
-                        let _ = write!(s, " port={port} pid={pid}");
-                    }
-                    let _ = write!(
-                        s,
-                        " error={:?} serving_id={}",
-                        error.to_string(),
-                        serving.as_ref().map_or("none", |c| c.id.as_str())
-                    );
-                    Level::Error
-                }
-            },
+            } => update_done(trigger.reason, outcome, serving.as_ref()),
             Unhealthy {
                 port,
                 failed_checks,
-            } => {
-                let _ = write!(
-                    s,
-                    "event=unhealthy port={port} failed_checks={failed_checks} action=eject-and-replace"
-                );
-                Level::Warn
-            }
+            } => (
+                Warn,
+                format!("event=unhealthy port={port} failed_checks={failed_checks} action=eject-and-replace"),
+            ),
             Recovered {
                 port,
                 passed_checks,
-            } => {
-                let _ = write!(
-                    s,
-                    "event=recovered port={port} passed_checks={passed_checks}"
-                );
-                Level::Info
-            }
+            } => (
+                Info,
+                format!("event=recovered port={port} passed_checks={passed_checks}"),
+            ),
             Signal { name, action } => {
                 let action = match action {
                     SignalAction::ForcedUpdate => "forced-update",
@@ -329,36 +222,67 @@ impl Event {
                     SignalAction::Shutdown => "shutdown",
                     SignalAction::ShutdownNow => "shutdown-now",
                 };
-                let _ = write!(s, "event=signal signal={name} action={action}");
-                Level::Info
+                (Info, format!("event=signal signal={name} action={action}"))
             }
-            ShutdownDelay { delay } => {
-                let _ = write!(
-                    s,
-                    "event=shutdown_delay delay={}",
-                    humantime::format_duration(*delay)
-                );
-                Level::Info
-            }
-            Stopping => {
-                s.push_str("event=stopping");
-                Level::Debug
-            }
-            Stopped { took } => {
-                let _ = write!(s, "event=stopped took_ms={}", took.as_millis());
-                Level::Info
-            }
-            AdminFailed { error } => {
-                let _ = write!(s, "event=admin_failed error={error:?}");
-                Level::Error
-            }
-            Fatal { error } => {
-                let _ = write!(s, "event=fatal error={error:?}");
-                Level::Error
-            }
-        };
-        (level, s)
+            ShutdownDelay { delay } => (
+                Info,
+                format!("event=shutdown_delay delay={}", humantime::format_duration(*delay)),
+            ),
+            Stopping => (Debug, "event=stopping".into()),
+            Stopped { took } => (Info, format!("event=stopped took_ms={}", took.as_millis())),
+            AdminFailed { error } => (Error, format!("event=admin_failed error={error:?}")),
+            Fatal { error } => (Error, format!("event=fatal error={error:?}")),
+        }
     }
+}
+
+/// The line that ends an update: unchanged, rolled or failed.
+fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) -> (Level, String) {
+    let serving_id = serving.map_or("none", |c| c.id.as_str());
+    match (outcome, serving) {
+        (Outcome::Unchanged, _) => (
+            Level::Debug,
+            format!("event=unchanged trigger={trigger} id={serving_id}"),
+        ),
+        (Outcome::Rolled(took), Some(c)) => (
+            Level::Info,
+            format!(
+                "event=rolled trigger={trigger} id={} slot={} port={} pid={} took_ms={}",
+                c.id,
+                c.slot + 1,
+                c.port,
+                c.pid,
+                took.as_millis()
+            ),
+        ),
+        // It died again while the old one drained; its exit is handled next.
+        (Outcome::Rolled(took), None) => (
+            Level::Warn,
+            format!(
+                "event=rolled trigger={trigger} took_ms={} serving_id=none",
+                took.as_millis()
+            ),
+        ),
+        (Outcome::Failed(error), _) => {
+            let mut line = format!(
+                "event=update_failed trigger={trigger} step={}",
+                error.step().as_str()
+            );
+            if let UpdateError::Unhealthy { port, pid, .. } = error {
+                let _ = write!(line, " port={port} pid={pid}");
+            }
+            let _ = write!(
+                line,
+                " error={:?} serving_id={serving_id}",
+                error.to_string()
+            );
+            (Level::Error, line)
+        }
+    }
+}
+
+fn id_or_none(id: &Option<String>) -> &str {
+    id.as_deref().unwrap_or("none")
 }
 
 /// `slot= port= pid= id=`, the fields that name a child.

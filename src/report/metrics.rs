@@ -1,187 +1,43 @@
-//! Counters for `/metrics`, in the Prometheus text format.
+//! Prometheus metrics for `/metrics`, through the `prometheus` crate: it owns
+//! the registry, the text format and the standard `process_*` metrics.
 //!
-//! Plain atomics: the proxy bumps one per request, nothing is locked or
-//! allocated until a scrape renders them.
+//! The request path only bumps counters whose handles are resolved once at
+//! startup (an atomic add each: no lock, no lookup); gauges that describe
+//! the present are set when a scrape renders them.
 
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use prometheus::core::Collector;
+use prometheus::process_collector::ProcessCollector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
 pub struct Metrics {
+    registry: Registry,
     /// Responses by status class: 1xx..5xx.
-    responses: [AtomicU64; 5],
-    retries: AtomicU64,
-    rollouts_rolled: AtomicU64,
-    rollouts_unchanged: AtomicU64,
-    rollouts_failed: AtomicU64,
-    child_restarts: AtomicU64,
-    /// Rollout durations: counts per bucket of [`BUCKETS`], then the sum in microseconds.
-    rollout_buckets: [AtomicU64; BUCKETS.len()],
-    rollout_count: AtomicU64,
-    rollout_micros: AtomicU64,
+    responses: [IntCounter; 5],
+    retries: IntCounter,
+    child_restarts: IntCounter,
+    /// Updates by result: rolled, unchanged, failed.
+    rollouts: [IntCounter; 3],
+    rollout_duration: Histogram,
+    held: IntGauge,
+    healthy_backends: IntGauge,
+    current_id: IntGaugeVec,
 }
 
 /// Upper bounds (seconds) of the rollout duration histogram.
 const BUCKETS: [f64; 10] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
-pub static METRICS: Metrics = Metrics::new();
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 pub enum Rollout {
     Rolled(Duration),
     Unchanged,
     Failed,
-}
-
-impl Metrics {
-    const fn new() -> Self {
-        Metrics {
-            responses: [const { AtomicU64::new(0) }; 5],
-            retries: AtomicU64::new(0),
-            rollouts_rolled: AtomicU64::new(0),
-            rollouts_unchanged: AtomicU64::new(0),
-            rollouts_failed: AtomicU64::new(0),
-            child_restarts: AtomicU64::new(0),
-            rollout_buckets: [const { AtomicU64::new(0) }; BUCKETS.len()],
-            rollout_count: AtomicU64::new(0),
-            rollout_micros: AtomicU64::new(0),
-        }
-    }
-
-    pub fn response(&self, status: u16) {
-        if let Some(counter) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
-            counter.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    pub fn retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn child_restart(&self) {
-        self.child_restarts.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn rollout(&self, outcome: Rollout) {
-        match outcome {
-            Rollout::Unchanged => self.rollouts_unchanged.fetch_add(1, Ordering::Relaxed),
-            Rollout::Failed => self.rollouts_failed.fetch_add(1, Ordering::Relaxed),
-            Rollout::Rolled(took) => {
-                let secs = took.as_secs_f64();
-                for (bound, bucket) in BUCKETS.iter().zip(&self.rollout_buckets) {
-                    if secs <= *bound {
-                        bucket.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                self.rollout_count.fetch_add(1, Ordering::Relaxed);
-                self.rollout_micros
-                    .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-                self.rollouts_rolled.fetch_add(1, Ordering::Relaxed)
-            }
-        };
-    }
-
-    /// The text exposition; `live` carries the gauges read at scrape time.
-    pub fn render(&self, live: &Live) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::with_capacity(4096);
-        let o = &mut out;
-        header(
-            o,
-            "liveroll_responses_total",
-            "counter",
-            "Responses sent by the proxy, by status class.",
-        );
-        for (i, counter) in self.responses.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "liveroll_responses_total{{class=\"{}xx\"}} {}",
-                i + 1,
-                get(counter)
-            );
-        }
-        header(
-            o,
-            "liveroll_upstream_retries_total",
-            "counter",
-            "Upstream attempts that failed and were retried.",
-        );
-        let _ = writeln!(o, "liveroll_upstream_retries_total {}", get(&self.retries));
-        header(
-            o,
-            "liveroll_held_requests",
-            "gauge",
-            "Requests waiting for a healthy child now.",
-        );
-        let _ = writeln!(o, "liveroll_held_requests {}", live.held);
-        header(
-            o,
-            "liveroll_healthy_backends",
-            "gauge",
-            "Children the proxy may send requests to now.",
-        );
-        let _ = writeln!(o, "liveroll_healthy_backends {}", live.healthy_backends);
-        header(
-            o,
-            "liveroll_child_restarts_total",
-            "counter",
-            "Serving children that exited on their own.",
-        );
-        let _ = writeln!(
-            o,
-            "liveroll_child_restarts_total {}",
-            get(&self.child_restarts)
-        );
-        header(
-            o,
-            "liveroll_rollouts_total",
-            "counter",
-            "Updates by result.",
-        );
-        for (result, counter) in [
-            ("rolled", &self.rollouts_rolled),
-            ("unchanged", &self.rollouts_unchanged),
-            ("failed", &self.rollouts_failed),
-        ] {
-            let _ = writeln!(
-                o,
-                "liveroll_rollouts_total{{result=\"{result}\"}} {}",
-                get(counter)
-            );
-        }
-        let name = "liveroll_rollout_duration_seconds";
-        header(
-            o,
-            name,
-            "histogram",
-            "Time from trigger to the new child serving, for rollouts.",
-        );
-        for (bound, bucket) in BUCKETS.iter().zip(&self.rollout_buckets) {
-            let _ = writeln!(o, "{name}_bucket{{le=\"{bound}\"}} {}", get(bucket));
-        }
-        let count = get(&self.rollout_count);
-        let _ = writeln!(o, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(o, "{name}_sum {}", get(&self.rollout_micros) as f64 / 1e6);
-        let _ = writeln!(o, "{name}_count {count}");
-        header(
-            o,
-            "liveroll_current_id_info",
-            "gauge",
-            "The ID of the child serving now.",
-        );
-        if let Some(id) = &live.current_id {
-            let _ = writeln!(
-                o,
-                "liveroll_current_id_info{{id=\"{}\"}} 1",
-                escape_label(id)
-            );
-        }
-        process_metrics(o);
-        out
-    }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Values read at scrape time rather than counted.
@@ -191,86 +47,116 @@ pub struct Live {
     pub current_id: Option<String>,
 }
 
-fn escape_label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+impl Metrics {
+    fn new() -> Self {
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid metric");
+        let gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
+        let family = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+        };
+        let responses = family(
+            "liveroll_responses_total",
+            "Responses sent by the proxy, by status class.",
+            "class",
+        );
+        let rollouts = family("liveroll_rollouts_total", "Updates by result.", "result");
+        let metrics = Metrics {
+            registry: Registry::new(),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|class| responses.with_label_values(&[class])),
+            retries: counter(
+                "liveroll_upstream_retries_total",
+                "Upstream attempts that failed and were retried.",
+            ),
+            child_restarts: counter(
+                "liveroll_child_restarts_total",
+                "Serving children that exited on their own.",
+            ),
+            rollouts: ["rolled", "unchanged", "failed"]
+                .map(|result| rollouts.with_label_values(&[result])),
+            rollout_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "liveroll_rollout_duration_seconds",
+                    "Time from trigger to the new child serving, for rollouts.",
+                )
+                .buckets(BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            held: gauge(
+                "liveroll_held_requests",
+                "Requests waiting for a healthy child now.",
+            ),
+            healthy_backends: gauge(
+                "liveroll_healthy_backends",
+                "Children the proxy may send requests to now.",
+            ),
+            current_id: IntGaugeVec::new(
+                Opts::new(
+                    "liveroll_current_id_info",
+                    "The ID of the child serving now.",
+                ),
+                &["id"],
+            )
+            .expect("valid metric"),
+        };
+        let collectors: [Box<dyn Collector>; 9] = [
+            Box::new(responses),
+            Box::new(rollouts),
+            Box::new(metrics.retries.clone()),
+            Box::new(metrics.child_restarts.clone()),
+            Box::new(metrics.rollout_duration.clone()),
+            Box::new(metrics.held.clone()),
+            Box::new(metrics.healthy_backends.clone()),
+            Box::new(metrics.current_id.clone()),
+            Box::new(ProcessCollector::for_self()),
+        ];
+        for collector in collectors {
+            metrics
+                .registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        metrics
+    }
 
-/// The standard `process_*` metrics, from `/proc/self`.
-fn process_metrics(out: &mut String) {
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .ok()
-        .flatten()
-        .unwrap_or(4096) as f64;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the command name: utime, stime are fields 14 and 15 of stat (index 11, 12 here).
-    let cpu = (field(11) + field(12)) / ticks;
-    let start_ticks = field(19);
-    let vsize = field(20);
-    let rss = field(21) * page;
-    let boot = std::fs::read_to_string("/proc/stat")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("btime ")
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    let fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    for (name, kind, help, value) in [
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time spent, in seconds.",
-            cpu,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            rss,
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory size in bytes.",
-            vsize,
-        ),
-        (
-            "process_open_fds",
-            "gauge",
-            "Open file descriptors.",
-            fds as f64,
-        ),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time since the Unix epoch, in seconds.",
-            boot + start_ticks / ticks,
-        ),
-    ] {
-        header(out, name, kind, help);
-        let _ = writeln!(out, "{name} {value}");
+    pub fn response(&self, status: u16) {
+        if let Some(counter) = self.responses.get((status / 100).wrapping_sub(1) as usize) {
+            counter.inc();
+        }
+    }
+
+    pub fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub fn child_restart(&self) {
+        self.child_restarts.inc();
+    }
+
+    pub fn rollout(&self, outcome: Rollout) {
+        let counter = match outcome {
+            Rollout::Rolled(took) => {
+                self.rollout_duration.observe(took.as_secs_f64());
+                &self.rollouts[0]
+            }
+            Rollout::Unchanged => &self.rollouts[1],
+            Rollout::Failed => &self.rollouts[2],
+        };
+        counter.inc();
+    }
+
+    /// The text exposition; `live` carries the gauges read at scrape time.
+    pub fn render(&self, live: &Live) -> String {
+        self.held.set(live.held as i64);
+        self.healthy_backends.set(live.healthy_backends as i64);
+        self.current_id.reset();
+        if let Some(id) = &live.current_id {
+            self.current_id.with_label_values(&[id]).set(1);
+        }
+        let mut out = Vec::with_capacity(4096);
+        // Only fails on invalid families, which registration already refused.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
