@@ -22,58 +22,16 @@ fn main() {
     )
     .init();
     let config = Arc::new(Config::from_env());
-
-    // Pingora would retry a taken port for half a minute and then run on
-    // without a listener; find out now and say so.
-    if let Err(e) = std::net::TcpListener::bind(config.listen_addr()) {
-        fail(&format!(
-            "cannot listen on {} (--port): {e}",
-            config.listen_addr()
-        ));
-    }
-    let admin = config.admin_listen.map(|addr| {
-        let listener = std::net::TcpListener::bind(addr)
-            .unwrap_or_else(|e| fail(&format!("cannot listen on {addr} (--admin-listen): {e}")));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| fail(&e.to_string()));
-        listener
-    });
+    let admin = check_listeners(&config);
     let server_conf = server_conf::load(&config).unwrap_or_else(|e| fail(&e));
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
-
     let backends = Arc::new(BackendSet::new());
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(
-            backends.clone(),
-            Settings {
-                hold_timeout: config.hold_timeout,
-                max_held: config.max_held,
-                access_log: config.access_log,
-            },
-        ),
-        "liveroll proxy",
-    );
-    // Pingora reads client connections through a 64 KiB buffer of its own,
-    // made for TLS records; for plain HTTP it only doubles the copying and
-    // costs 64 KiB per idle keep-alive client. The HTTP layer buffers anyway.
-    proxy.add_listener(
-        ListenerConfig::tcp(config.listen_addr().to_string())
-            .l4_buffer(L4BufferSettings::default().read(0)),
-    );
-
+    let proxy = proxy_service(&server, &config, backends.clone());
     let (stop_tx, stop_watch) = signals::stop_channel();
     let (finished_tx, finished) = mpsc::channel();
-    let supervisor = Supervisor::new(
-        config.clone(),
-        backends,
-        admin,
-        stop_tx,
-        finished_tx.clone(),
-    );
+    let supervisor = Supervisor::new(config, backends, admin, stop_tx, finished_tx.clone());
     let children = supervisor.children();
     server.add_service(proxy);
     server.add_service(background_service("supervisor", supervisor));
@@ -91,6 +49,50 @@ fn main() {
         group::kill_now(child.info.pid);
     }
     exit(0);
+}
+
+/// Pingora would retry a taken port for half a minute and then run on
+/// without a listener: find out now and say so. Returns the admin listener.
+fn check_listeners(config: &Config) -> Option<std::net::TcpListener> {
+    if let Err(e) = std::net::TcpListener::bind(config.listen_addr()) {
+        fail(&format!(
+            "cannot listen on {} (--port): {e}",
+            config.listen_addr()
+        ));
+    }
+    config.admin_listen.map(|addr| {
+        let listener = std::net::TcpListener::bind(addr)
+            .unwrap_or_else(|e| fail(&format!("cannot listen on {addr} (--admin-listen): {e}")));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| fail(&e.to_string()));
+        listener
+    })
+}
+
+fn proxy_service(
+    server: &Server,
+    config: &Config,
+    backends: Arc<BackendSet>,
+) -> impl pingora_core::services::ServiceWithDependents {
+    let settings = Settings {
+        hold_timeout: config.hold_timeout,
+        max_held: config.max_held,
+        access_log: config.access_log,
+    };
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Proxy::new(backends, settings),
+        "liveroll proxy",
+    );
+    // Pingora reads client connections through a 64 KiB buffer of its own,
+    // made for TLS records; for plain HTTP it only doubles the copying and
+    // costs 64 KiB per idle keep-alive client. The HTTP layer buffers anyway.
+    proxy.add_listener(
+        ListenerConfig::tcp(config.listen_addr().to_string())
+            .l4_buffer(L4BufferSettings::default().read(0)),
+    );
+    proxy
 }
 
 fn fail(msg: &str) -> ! {

@@ -128,6 +128,61 @@ enum Work {
     Update(super::trigger::Trigger),
 }
 
+impl Supervisor {
+    /// Runs updates and handles exits, one at a time, until shutdown.
+    async fn serve(
+        &self,
+        engine: &mut Engine,
+        exits: &mut mpsc::UnboundedReceiver<u64>,
+        shutdown: &mut ShutdownWatch,
+    ) {
+        self.triggers.request(Reason::Startup);
+        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        loop {
+            // Exits are looked at first: a crashed child's slot is cleared
+            // before the update it triggers runs. Automatic updates wait out
+            // the back-off; a reload does not.
+            let hold_until = engine.backoff_until();
+            let next = async {
+                tokio::select! {
+                    biased;
+                    Some(generation) = exits.recv() => Work::Exited(generation),
+                    trigger = self.triggers.next(hold_until) => Work::Update(trigger),
+                }
+            };
+            let Some(work) = until_shutdown(next, shutdown, &mut watchdog).await else {
+                return;
+            };
+            // An update in progress is abandoned at shutdown; every child it
+            // started, and every request still in flight, is seen to after.
+            let done = match work {
+                Work::Exited(generation) => {
+                    until_shutdown(engine.child_exited(generation), shutdown, &mut watchdog).await
+                }
+                Work::Update(trigger) => {
+                    until_shutdown(engine.run(trigger), shutdown, &mut watchdog).await
+                }
+            };
+            if done.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Requests waiting for a child get their 503 now, requests in flight
+    /// finish (bounded by `--drain-timeout`), then every child is stopped.
+    async fn shut_down(&self, engine: &mut Engine) {
+        self.reporter.emit(Event::Stopping);
+        self.backends.close();
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        engine.stop_all(deadline).await;
+        self.reporter.emit(Event::Stopped {
+            took: started.elapsed(),
+        });
+    }
+}
+
 #[async_trait]
 impl BackgroundService for Supervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -157,53 +212,8 @@ impl BackgroundService for Supervisor {
             slots,
             exits_tx,
         );
-        self.triggers.request(Reason::Startup);
-        let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-        loop {
-            // Exits are looked at first: a crashed child's slot is cleared
-            // before the update it triggers runs. Automatic updates wait out
-            // the back-off; a reload does not.
-            let hold_until = engine.backoff_until();
-            let next = async {
-                tokio::select! {
-                    biased;
-                    Some(generation) = exits.recv() => Work::Exited(generation),
-                    trigger = self.triggers.next(hold_until) => Work::Update(trigger),
-                }
-            };
-            let Some(work) = until_shutdown(next, &mut shutdown, &mut watchdog).await else {
-                break;
-            };
-            // An update in progress is abandoned at shutdown; every child it
-            // started, and every request still in flight, is seen to below.
-            let done = match work {
-                Work::Exited(generation) => {
-                    until_shutdown(
-                        engine.child_exited(generation),
-                        &mut shutdown,
-                        &mut watchdog,
-                    )
-                    .await
-                }
-                Work::Update(trigger) => {
-                    until_shutdown(engine.run(trigger), &mut shutdown, &mut watchdog).await
-                }
-            };
-            if done.is_none() {
-                break;
-            }
-        }
-
-        // Shutdown: requests waiting for a child get their 503 now, requests
-        // in flight finish (bounded), then every child is stopped.
-        self.reporter.emit(Event::Stopping);
-        self.backends.close();
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
-        engine.stop_all(deadline).await;
-        self.reporter.emit(Event::Stopped {
-            took: started.elapsed(),
-        });
+        self.serve(&mut engine, &mut exits, &mut shutdown).await;
+        self.shut_down(&mut engine).await;
         let _ = self.finished.send(());
     }
 }
