@@ -33,6 +33,20 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_EXEC", value_name = "CMD")]
     pub exec: String,
 
+    /// Command that stops a child whose real process lives elsewhere (e.g.
+    /// `docker rm -f app-<<PORT>>`); `<<PORT>>`, `<<ID>>` and `<<HEALTHCHECK>>`
+    /// are expanded. Run before a child's process tree is signalled, for a
+    /// slot whose port is still held, and for both slots at startup.
+    #[arg(long, env = "LIVEROLL_STOP", value_name = "CMD")]
+    pub stop: Option<String>,
+
+    /// Where liveroll records the children it started, so that after a
+    /// crash the next start stops what was left behind. Default:
+    /// $RUNTIME_DIRECTORY (systemd), else /run/liveroll as root, else
+    /// $XDG_RUNTIME_DIR/liveroll, else /tmp/liveroll-UID.
+    #[arg(long, env = "LIVEROLL_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+
     /// Time between update checks (units: ns, us, ms, s, m, h).
     #[arg(long, env = "LIVEROLL_INTERVAL", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub interval: Duration,
@@ -169,9 +183,11 @@ impl Config {
             }
         }
         for (flag, cmd) in [
-            ("--pull", &self.pull),
-            ("--id", &self.id),
-            ("--exec", &self.exec),
+            ("--pull", self.pull.as_str()),
+            ("--id", self.id.as_str()),
+            ("--exec", self.exec.as_str()),
+            // Optional, but when given it must say something.
+            ("--stop", self.stop.as_deref().unwrap_or("-")),
         ] {
             if cmd.trim().is_empty() {
                 return Err((ErrorKind::InvalidValue, format!("{flag} must not be empty")));
@@ -188,6 +204,41 @@ impl Config {
     /// The two child slots' ports, in slot order.
     pub fn child_ports(&self) -> [u16; 2] {
         [self.child_port1, self.child_port2]
+    }
+
+    /// How long one run of `--stop` may take before its process group is
+    /// killed: twice `--kill-timeout`, so `docker stop --time` up to the
+    /// kill timeout fits with room for Docker's own teardown.
+    pub fn stop_timeout(&self) -> std::time::Duration {
+        self.kill_timeout * 2
+    }
+
+    /// The state directory: `--state-dir`, else the first of
+    /// `$RUNTIME_DIRECTORY` (set by systemd's `RuntimeDirectory=`),
+    /// `/run/liveroll` for root, `$XDG_RUNTIME_DIR/liveroll`,
+    /// `/tmp/liveroll-UID`.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        if let Some(dir) = &self.state_dir {
+            return dir.clone();
+        }
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(dirs) = var("RUNTIME_DIRECTORY") {
+            let first = dirs
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            return first.into();
+        }
+        let uid = nix::unistd::Uid::current();
+        if uid.is_root() {
+            return "/run/liveroll".into();
+        }
+        match var("XDG_RUNTIME_DIR") {
+            Some(dir) => std::path::PathBuf::from(dir).join("liveroll"),
+            None => format!("/tmp/liveroll-{uid}").into(),
+        }
     }
 }
 

@@ -7,9 +7,9 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 
 use liveroll::config::Config;
-use liveroll::process::group;
 use liveroll::serve::backends::BackendSet;
 use liveroll::serve::proxy::{Proxy, Settings};
+use liveroll::update::state::StateFile;
 use liveroll::update::supervisor::Supervisor;
 use liveroll::{server_conf, signals};
 
@@ -23,6 +23,8 @@ fn main() {
     .init();
     let config = Arc::new(Config::from_env());
     let admin = check_listeners(&config);
+    let state = StateFile::open(&config.state_dir(), config.child_ports())
+        .unwrap_or_else(|e| fail(&format!("--state-dir: {e}")));
     let server_conf = server_conf::load(&config).unwrap_or_else(|e| fail(&e));
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
@@ -31,7 +33,7 @@ fn main() {
     let proxy = proxy_service(&server, &config, backends.clone());
     let (stop_tx, stop_watch) = signals::stop_channel();
     let (finished_tx, finished) = mpsc::channel();
-    let supervisor = Supervisor::new(config, backends, admin, stop_tx, finished_tx.clone());
+    let supervisor = Supervisor::new(config, backends, state, admin, stop_tx, finished_tx.clone());
     let children = supervisor.children();
     server.add_service(proxy);
     server.add_service(background_service("supervisor", supervisor));
@@ -43,10 +45,11 @@ fn main() {
         let _ = finished_tx.send(());
     });
     // Either the supervisor stopped every child, or Pingora gave up on it:
-    // then whatever the record still holds is killed now.
+    // then whatever the record still holds is killed now (what a `--stop`
+    // command would have stopped is left to the next start).
     let _ = finished.recv();
     for child in children.borrow().iter() {
-        group::kill_now(child.info.pid);
+        child.tree.kill_now();
     }
     exit(0);
 }

@@ -32,7 +32,7 @@ proptest! {
 
     #[test]
     fn templates_without_placeholders_are_unchanged(template in "[^<]{0,60}", port in 1u16.., path in "/[a-z]{0,10}") {
-        prop_assert_eq!(expand(&template, port, &path), template);
+        prop_assert_eq!(expand(&template, port, &path, "v1"), template);
     }
 
     #[test]
@@ -40,7 +40,15 @@ proptest! {
         a in "[^<]{0,20}", b in "[^<]{0,20}", c in "[^<]{0,20}", port in 1u16.., path in "/[a-z/]{0,10}",
     ) {
         let template = format!("{a}<<PORT>>{b}<<HEALTHCHECK>>{c}<<PORT>>");
-        prop_assert_eq!(expand(&template, port, &path), format!("{a}{port}{b}{path}{c}{port}"));
+        prop_assert_eq!(expand(&template, port, &path, "v1"), format!("{a}{port}{b}{path}{c}{port}"));
+    }
+
+    #[test]
+    fn the_id_is_put_in_as_printed_and_never_expanded_again(
+        a in "[^<]{0,20}", id in "[!-~]{1,30}", port in 1u16..,
+    ) {
+        let template = format!("{a}<<ID>>:<<PORT>>");
+        prop_assert_eq!(expand(&template, port, "/h", &id), format!("{a}{id}:{port}"));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
+use super::reaper;
+
 /// Most bytes of an ID we accept; anything longer is not a version string.
 pub const MAX_ID_BYTES: usize = 4096;
 /// How much of a failed command's stderr goes into the error.
@@ -68,7 +70,7 @@ struct GroupGuard(Option<Pid>);
 
 impl Drop for GroupGuard {
     fn drop(&mut self) {
-        if let Some(pgid) = self.0 {
+        if let Some(pgid) = self.0.take() {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
     }
@@ -82,34 +84,42 @@ pub async fn run(
     timeout: Duration,
     stdout_limit: usize,
 ) -> Result<Vec<u8>, CommandError> {
-    let mut child = shell(cmd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // The guard below kills the group; this makes tokio reap the shell.
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(CommandError::Spawn)?;
-    let mut guard = GroupGuard(child.id().map(|pid| Pid::from_raw(pid as i32)));
+    let mut child = reaper::spawn(
+        shell(cmd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // If this future is dropped, the guard kills the group and tokio
+            // reaps the shell.
+            .kill_on_drop(true),
+    )
+    .map_err(CommandError::Spawn)?;
+    let pid = child.id().map(|pid| pid as i32);
+    let mut guard = GroupGuard(pid.map(Pid::from_raw));
     let stdout = child.stdout.take().expect("piped stdout");
     let stderr = child.stderr.take().expect("piped stderr");
 
     let finished = async {
-        let (out, err, status) = tokio::join!(
+        tokio::join!(
             read_capped(stdout, stdout_limit + 1, false),
             read_capped(stderr, STDERR_TAIL_BYTES, true),
             child.wait()
-        );
-        (out, err, status)
+        )
     };
-    let (out, err, status) = tokio::time::timeout(timeout, finished)
-        .await
-        .map_err(|_| CommandError::TimedOut(timeout))?;
-    let status = status.map_err(CommandError::Spawn)?;
-    // The shell exited; anything it left behind in its group goes too.
+    let outcome = tokio::time::timeout(timeout, finished).await;
+    // Done or timed out: anything left in its group goes now.
     if let Some(pgid) = guard.0.take() {
         let _ = killpg(pgid, Signal::SIGKILL);
     }
-
+    let waited = match &outcome {
+        Ok((_, _, status)) => status.is_ok(),
+        // Killed above: the shell's status follows at once.
+        Err(_) => child.wait().await.is_ok(),
+    };
+    if let (true, Some(pid)) = (waited, pid) {
+        reaper::waited(pid);
+    }
+    let (out, err, status) = outcome.map_err(|_| CommandError::TimedOut(timeout))?;
+    let status = status.map_err(CommandError::Spawn)?;
     if !status.success() {
         let stderr = String::from_utf8_lossy(&err).trim().replace('\n', " | ");
         return Err(CommandError::Failed { status, stderr });
@@ -159,11 +169,22 @@ pub fn parse_id(out: &[u8]) -> Result<String, CommandError> {
     Ok(id.to_string())
 }
 
-/// Expands the `--exec` template for one child.
-pub fn expand(template: &str, port: u16, healthcheck: &str) -> String {
+/// The first character of `id` that a shell would read as more than a
+/// plain word (space, quote, `$`, `;`, ...), if any: such an ID is never
+/// put into a command line with `<<ID>>`.
+pub fn unsafe_in_shell(id: &str) -> Option<char> {
+    id.chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "._:@/+=-,%".contains(c)))
+}
+
+/// Expands an `--exec` or `--stop` template for one child: `<<PORT>>`,
+/// `<<HEALTHCHECK>>` and `<<ID>>` (the ID `--id` printed, so the child can
+/// be pinned to exactly that artifact).
+pub fn expand(template: &str, port: u16, healthcheck: &str, id: &str) -> String {
     template
         .replace("<<PORT>>", &port.to_string())
         .replace("<<HEALTHCHECK>>", healthcheck)
+        .replace("<<ID>>", id)
 }
 
 #[cfg(test)]
@@ -176,14 +197,31 @@ mod tests {
     fn expand_replaces_every_placeholder() {
         assert_eq!(
             expand(
-                "app -p <<PORT>> --check <<HEALTHCHECK>> --again <<PORT>>",
+                "app -p <<PORT>> --check <<HEALTHCHECK>> --again <<PORT>> <<ID>>",
                 9101,
-                "/healthz"
+                "/healthz",
+                "sha256:ab"
             ),
-            "app -p 9101 --check /healthz --again 9101"
+            "app -p 9101 --check /healthz --again 9101 sha256:ab"
         );
-        assert_eq!(expand("no placeholders", 1, "/h"), "no placeholders");
-        assert_eq!(expand("<<port>> <<PORT", 1, "/h"), "<<port>> <<PORT");
+        assert_eq!(expand("no placeholders", 1, "/h", "x"), "no placeholders");
+        assert_eq!(expand("<<port>> <<PORT", 1, "/h", "x"), "<<port>> <<PORT");
+    }
+
+    #[test]
+    fn only_plain_ids_are_put_into_commands() {
+        assert_eq!(unsafe_in_shell("sha256:0123abcdef"), None);
+        assert_eq!(unsafe_in_shell("registry.example/app@sha256:ab"), None);
+        assert_eq!(unsafe_in_shell("v1.2.3-rc.1+build=7"), None);
+        for (id, bad) in [
+            ("v 1", ' '),
+            ("x;rm", ';'),
+            ("$(id)", '$'),
+            ("a'b", '\''),
+            ("`x`", '`'),
+        ] {
+            assert_eq!(unsafe_in_shell(id), Some(bad), "{id}");
+        }
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! Processes liveroll starts (children from `--exec`, the `--pull` and `--id`
-//! commands) and the HTTP probes it sends children. Nothing here knows about
-//! the proxy, the slots or reporting: it starts, signals, waits and answers.
+//! Processes liveroll starts (children from `--exec`, the `--pull`, `--id`
+//! and `--stop` commands) and the HTTP probes it sends children. Nothing
+//! here knows about the proxy, the slots or reporting: it starts, signals,
+//! waits and answers.
 
 pub mod child;
 pub mod command;
-pub mod group;
+pub mod listener;
 pub mod probe;
 pub mod procfs;
+pub mod reaper;
+pub mod tree;

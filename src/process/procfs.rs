@@ -44,6 +44,13 @@ pub fn process_gone(pid: i32) -> bool {
     stat(pid).is_none_or(|s| s.exited())
 }
 
+/// Whether process `pid`'s environment holds `entry` (`NAME=value`).
+/// Processes of other users cannot be read, and count as not holding it.
+pub fn environ_has(pid: i32, entry: &str) -> bool {
+    fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+}
+
 /// Every process there is now, with its stat.
 pub fn all() -> impl Iterator<Item = (i32, Stat)> {
     fs::read_dir("/proc")
@@ -80,5 +87,8 @@ mod tests {
         assert!(!process_gone(me));
         assert!(all().any(|(pid, _)| pid == me));
         assert!(process_gone(i32::MAX));
+        let path = std::env::var("PATH").unwrap();
+        assert!(environ_has(me, &format!("PATH={path}")));
+        assert!(!environ_has(me, "PATH=/nowhere/at/all"));
     }
 }

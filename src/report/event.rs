@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use log::Level;
 
+use crate::process::command::CommandError;
 use crate::update::error::UpdateError;
 use crate::update::slots::ChildInfo;
 use crate::update::trigger::{Reason, Trigger};
@@ -20,6 +21,32 @@ pub enum Outcome {
     /// A new child serves; how long that took from the trigger.
     Rolled(Duration),
     Failed(UpdateError),
+}
+
+/// Why `--stop` ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// Before a retired child's tree is signalled.
+    Retire,
+    /// A child that exited on its own, or never became healthy.
+    Failed,
+    /// The slot's port was still held when a new child needed it.
+    PortHeld,
+    /// At startup, for both slots.
+    Startup,
+    Shutdown,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Retire => "retire",
+            StopReason::Failed => "failed",
+            StopReason::PortHeld => "port-held",
+            StopReason::Startup => "startup",
+            StopReason::Shutdown => "shutdown",
+        }
+    }
 }
 
 /// What a signal made liveroll do.
@@ -91,6 +118,18 @@ pub enum Event {
     ReplaceScheduled {
         delay: Duration,
     },
+    /// `--stop` ran for the child on `port`.
+    StopRan {
+        port: u16,
+        reason: StopReason,
+        result: Result<(), CommandError>,
+    },
+    /// At startup: a child an earlier liveroll started and did not stop (it
+    /// crashed or was killed); it is stopped now.
+    Leftover {
+        child: ChildInfo,
+        running: bool,
+    },
     UpdateDone {
         trigger: Trigger,
         outcome: Outcome,
@@ -116,6 +155,11 @@ pub enum Event {
     Stopping,
     Stopped {
         took: Duration,
+    },
+    /// The state file could not be written: a crash now would leave
+    /// children the next start cannot find.
+    StateFailed {
+        error: String,
     },
     AdminFailed {
         error: String,
@@ -195,6 +239,33 @@ impl Event {
                 Info,
                 format!("event=replace_scheduled delay_ms={}", delay.as_millis()),
             ),
+            StopRan {
+                port,
+                reason,
+                result: Ok(()),
+            } => (
+                Info,
+                format!("event=stop_command port={port} reason={}", reason.as_str()),
+            ),
+            StopRan {
+                port,
+                reason,
+                result: Err(e),
+            } => (
+                Warn,
+                format!(
+                    "event=stop_failed port={port} reason={} error={:?}",
+                    reason.as_str(),
+                    format!("--stop failed: {e}")
+                ),
+            ),
+            Leftover { child, running } => (
+                Warn,
+                format!(
+                    "event=leftover {} running={running} action=stop",
+                    fields(child)
+                ),
+            ),
             UpdateDone {
                 trigger,
                 outcome,
@@ -230,6 +301,7 @@ impl Event {
             ),
             Stopping => (Debug, "event=stopping".into()),
             Stopped { took } => (Info, format!("event=stopped took_ms={}", took.as_millis())),
+            StateFailed { error } => (Error, format!("event=state_failed error={error:?}")),
             AdminFailed { error } => (Error, format!("event=admin_failed error={error:?}")),
             Fatal { error } => (Error, format!("event=fatal error={error:?}")),
         }
@@ -268,7 +340,9 @@ fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) 
                 "event=update_failed trigger={trigger} step={}",
                 error.step().as_str()
             );
-            if let UpdateError::Unhealthy { port, pid, .. } = error {
+            if let UpdateError::Unhealthy { port, pid, .. }
+            | UpdateError::NotOurs { port, pid, .. } = error
+            {
                 let _ = write!(line, " port={port} pid={pid}");
             }
             let _ = write!(
@@ -305,7 +379,6 @@ mod tests {
     use std::os::unix::process::ExitStatusExt;
 
     use super::*;
-    use crate::process::command::CommandError;
     use crate::process::probe::HealthError;
 
     fn child() -> ChildInfo {
@@ -497,6 +570,37 @@ mod tests {
     }
 
     #[test]
+    fn stop_ran() {
+        let e = Event::StopRan {
+            port: 9101,
+            reason: StopReason::Retire,
+            result: Ok(()),
+        };
+        assert_eq!(line(e), "INFO event=stop_command port=9101 reason=retire");
+        let e = Event::StopRan {
+            port: 9102,
+            reason: StopReason::PortHeld,
+            result: Err(CommandError::TimedOut(SECOND)),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=stop_failed port=9102 reason=port-held error=\"--stop failed: timed out after 1s, process group killed\""
+        );
+    }
+
+    #[test]
+    fn leftover() {
+        let e = Event::Leftover {
+            child: child(),
+            running: true,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=leftover slot=2 port=9102 pid=4242 id=v2 running=true action=stop"
+        );
+    }
+
+    #[test]
     fn update_done_unchanged() {
         let e = Event::UpdateDone {
             trigger: trigger(Reason::Interval),
@@ -627,6 +731,17 @@ mod tests {
             took: Duration::from_millis(250),
         };
         assert_eq!(line(e), "INFO event=stopped took_ms=250");
+    }
+
+    #[test]
+    fn state_failed() {
+        let e = Event::StateFailed {
+            error: "No space left on device".into(),
+        };
+        assert_eq!(
+            line(e),
+            "ERROR event=state_failed error=\"No space left on device\""
+        );
     }
 
     #[test]

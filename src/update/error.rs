@@ -14,6 +14,8 @@ pub enum Step {
     Slot,
     Exec,
     Health,
+    /// The port answered, but from a process that is not the child's.
+    Listener,
 }
 
 impl Step {
@@ -24,6 +26,7 @@ impl Step {
             Step::Slot => "slot",
             Step::Exec => "exec",
             Step::Health => "health",
+            Step::Listener => "listener",
         }
     }
 }
@@ -35,10 +38,20 @@ pub enum UpdateError {
     /// The ports of the free slots, each held by another process.
     NoSlot(Vec<u16>),
     Spawn(std::io::Error),
+    /// `<<ID>>` would put this character into a shell command line.
+    UnsafeId(char),
     Unhealthy {
         port: u16,
         pid: i32,
         error: HealthError,
+    },
+    /// The port is held by a process outside the child's tree: a squatter
+    /// answered the health check, not the child.
+    NotOurs {
+        port: u16,
+        pid: i32,
+        /// The holder's pid and name, if it could be seen.
+        holder: Option<(i32, String)>,
     },
 }
 
@@ -48,8 +61,9 @@ impl UpdateError {
             UpdateError::Pull(_) => Step::Pull,
             UpdateError::Id(_) => Step::Id,
             UpdateError::NoSlot(_) => Step::Slot,
-            UpdateError::Spawn(_) => Step::Exec,
+            UpdateError::Spawn(_) | UpdateError::UnsafeId(_) => Step::Exec,
             UpdateError::Unhealthy { .. } => Step::Health,
+            UpdateError::NotOurs { .. } => Step::Listener,
         }
     }
 
@@ -80,6 +94,20 @@ impl fmt::Display for UpdateError {
                 )
             }
             UpdateError::Spawn(e) => write!(f, "--exec could not start: {e}"),
+            UpdateError::UnsafeId(c) => write!(
+                f,
+                "the ID contains {c:?}, which is not safe to put into a command with <<ID>>"
+            ),
+            UpdateError::NotOurs { port, holder, .. } => {
+                let who = match holder {
+                    Some((pid, name)) => format!("pid {pid} ({name})"),
+                    None => "a process liveroll cannot see".into(),
+                };
+                write!(
+                    f,
+                    "port {port} is held by {who}, not by the new child; it was terminated"
+                )
+            }
             UpdateError::Unhealthy { error, .. } => {
                 write!(f, "new child {error}; it was terminated")
             }

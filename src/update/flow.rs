@@ -15,16 +15,27 @@ use tokio::sync::{mpsc, watch};
 use super::backoff::Backoff;
 use super::error::UpdateError;
 use super::slots::{ChildInfo, ChildView, Slots, State};
+use super::state::{Saved, SavedChild, StateFile};
 use super::trigger::{Reason, Trigger, Triggers};
 use crate::config::Config;
-use crate::process::child::Child;
-use crate::process::command;
-use crate::process::group::Ending;
-use crate::process::probe;
-use crate::report::event::{Event, Outcome};
+use crate::process::child::{Child, Termination};
+use crate::process::listener::{self, Listening};
+use crate::process::tree::{Ending, Tree};
+use crate::process::{command, probe, procfs};
+use crate::report::event::{Event, Outcome, StopReason};
 use crate::report::reporter::Reporter;
 use crate::serve::backends::{Backend, BackendSet};
 use crate::signals::Stop;
+
+/// What the engine works with besides its own state.
+pub struct Parts {
+    pub config: Arc<Config>,
+    pub backends: Arc<BackendSet>,
+    pub triggers: Arc<Triggers>,
+    pub reporter: Arc<Reporter>,
+    pub stop: watch::Receiver<Stop>,
+    pub state: StateFile,
+}
 
 pub struct Engine {
     config: Arc<Config>,
@@ -32,33 +43,35 @@ pub struct Engine {
     triggers: Arc<Triggers>,
     reporter: Arc<Reporter>,
     stop: watch::Receiver<Stop>,
+    state: StateFile,
+    slots: Slots<Child>,
     /// Children exiting report their generation here.
     exits: mpsc::UnboundedSender<u64>,
-    slots: Slots<Child>,
     next_generation: u64,
     backoff: Backoff,
+    /// This liveroll's part of every child's marker (`TOKEN.GENERATION`):
+    /// another liveroll's children never carry it.
+    token: String,
+    /// The ID last started in each slot, for `<<ID>>` when `--stop` runs
+    /// for a slot that is empty by then.
+    last_ids: [String; 2],
 }
 
 impl Engine {
-    pub fn new(
-        config: Arc<Config>,
-        backends: Arc<BackendSet>,
-        triggers: Arc<Triggers>,
-        reporter: Arc<Reporter>,
-        stop: watch::Receiver<Stop>,
-        slots: Slots<Child>,
-        exits: mpsc::UnboundedSender<u64>,
-    ) -> Self {
+    pub fn new(parts: Parts, slots: Slots<Child>, exits: mpsc::UnboundedSender<u64>) -> Self {
         Engine {
-            config,
-            backends,
-            triggers,
-            reporter,
-            stop,
-            exits,
+            config: parts.config,
+            backends: parts.backends,
+            triggers: parts.triggers,
+            reporter: parts.reporter,
+            stop: parts.stop,
+            state: parts.state,
             slots,
+            exits,
             next_generation: 1,
             backoff: Backoff::default(),
+            token: new_token(),
+            last_ids: Default::default(),
         }
     }
 
@@ -132,22 +145,26 @@ impl Engine {
         }
 
         // 3. A free slot: empty, and its port held by nobody else.
-        let slot = self.slots.free(port_is_free).map_err(UpdateError::NoSlot)?;
+        let slot = self.free_slot().await?;
 
         // 4. Start the new child in its own process group.
-        let child = self.spawn(slot, &id).map_err(UpdateError::Spawn)?;
+        let child = self.spawn(slot, &id)?;
 
-        // 5. Wait for its health check; if it fails, it goes and the old one stays.
+        // 5. Wait for its health check, and make sure it was the child that
+        //    answered; if not, it goes and the old one stays.
         let process = &self.slots.get(slot).expect("just started").process;
-        if let Err(error) =
-            probe::wait_healthy(process, child.port, &c.healthcheck, c.health_timeout).await
-        {
-            self.terminate(slot).await;
-            return Err(UpdateError::Unhealthy {
+        let health = probe::wait_healthy(process, child.port, &c.healthcheck, c.health_timeout);
+        let checked = match health.await {
+            Ok(()) => self.verify_listener(&child),
+            Err(error) => Err(UpdateError::Unhealthy {
                 port: child.port,
                 pid: child.pid,
                 error,
-            });
+            }),
+        };
+        if let Err(error) = checked {
+            self.terminate(slot, StopReason::Failed).await;
+            return Err(error);
         }
         self.emit(Event::Healthy {
             child: child.clone(),
@@ -170,18 +187,59 @@ impl Engine {
         Ok(Outcome::Rolled(took))
     }
 
+    /// An empty slot whose port is free. A port still held (a container
+    /// that outlived its `docker run`) gets `--stop` once and is looked at
+    /// again.
+    async fn free_slot(&mut self) -> Result<usize, UpdateError> {
+        match self.slots.free(port_is_free) {
+            Ok(slot) => return Ok(slot),
+            Err(held) if held.is_empty() || self.config.stop.is_none() => {
+                return Err(UpdateError::NoSlot(held))
+            }
+            Err(held) => {
+                for port in held {
+                    let slot = self.slot_of(port);
+                    let id = self.last_ids[slot].clone();
+                    self.run_stop(slot, &id, StopReason::PortHeld).await;
+                }
+            }
+        }
+        // The holder may take a moment to let go after it was stopped.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match self.slots.free(port_is_free) {
+                Ok(slot) => return Ok(slot),
+                Err(held) if Instant::now() >= deadline => return Err(UpdateError::NoSlot(held)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn slot_of(&self, port: u16) -> usize {
+        usize::from(self.slots.port(1) == port)
+    }
+
     /// Starts `--exec` for `slot` and records the child there as starting.
-    fn spawn(&mut self, slot: usize, id: &str) -> std::io::Result<ChildInfo> {
+    fn spawn(&mut self, slot: usize, id: &str) -> Result<ChildInfo, UpdateError> {
+        let c = &self.config;
+        let templates = [Some(&c.exec), c.stop.as_ref()];
+        if templates.iter().flatten().any(|t| t.contains("<<ID>>")) {
+            if let Some(bad) = command::unsafe_in_shell(id) {
+                return Err(UpdateError::UnsafeId(bad));
+            }
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
         let port = self.slots.port(slot);
-        let cmd = command::expand(&self.config.exec, port, &self.config.healthcheck);
+        let cmd = command::expand(&c.exec, port, &c.healthcheck, id);
         let (backends, exits) = (self.backends.clone(), self.exits.clone());
-        let process = Child::spawn(&cmd, move |_status| {
+        let marker = format!("{}.{generation}", self.token);
+        let process = Child::spawn(&cmd, &marker, move |_status| {
             // Out of the proxy at once; the engine decides the rest.
             backends.remove(generation);
             let _ = exits.send(generation);
-        })?;
+        })
+        .map_err(UpdateError::Spawn)?;
         let info = ChildInfo {
             slot,
             port,
@@ -189,7 +247,10 @@ impl Engine {
             id: id.to_string(),
             generation,
         };
-        self.slots.start(slot, process, info.clone());
+        self.last_ids[slot] = id.to_string();
+        let tree = process.tree.clone();
+        self.slots.start(slot, process, info.clone(), tree);
+        self.persist();
         self.emit(Event::Spawned {
             child: info.clone(),
             cmd,
@@ -197,8 +258,35 @@ impl Engine {
         Ok(info)
     }
 
+    /// Whoever listens on the child's port must be the child: a process
+    /// outside its tree (a squatter, another liveroll's child) would have
+    /// answered the health check in its place. Docker's `docker-proxy`
+    /// holds a published port on the container's behalf; it passes if it
+    /// started after the child did (an older one belongs to an older
+    /// container). With nobody listening, traffic reaches the port by NAT
+    /// (Docker without its userland proxy), which no squatter can do.
+    fn verify_listener(&self, child: &ChildInfo) -> Result<(), UpdateError> {
+        let process = &self.slots.get(child.slot).expect("just started").process;
+        let holders = match listener::on_port(child.port) {
+            Listening::Nobody => return Ok(()),
+            Listening::By(holders) => holders,
+        };
+        let foreign = holders.iter().find(|h| {
+            let proxy_for_it = h.name == "docker-proxy" && h.start_ticks >= process.start_ticks;
+            !proxy_for_it && !process.tree.contains(h.pid)
+        });
+        match (foreign, holders.is_empty()) {
+            (None, false) => Ok(()),
+            (holder, _) => Err(UpdateError::NotOurs {
+                port: child.port,
+                pid: child.pid,
+                holder: holder.map(|h| (h.pid, h.name.clone())),
+            }),
+        }
+    }
+
     /// Takes a child out of the proxy, lets its requests finish (bounded by
-    /// `--drain-timeout`), then terminates its process group.
+    /// `--drain-timeout`), then stops it.
     async fn retire(&mut self, slot: usize) {
         let Some(occupant) = self.slots.get(slot) else {
             return;
@@ -228,32 +316,58 @@ impl Engine {
                 });
             }
         }
-        self.terminate(slot).await;
+        self.terminate(slot, StopReason::Retire).await;
     }
 
-    /// Stops a slot's child's process group and empties the slot.
-    async fn terminate(&mut self, slot: usize) {
+    /// Runs `--stop` for a slot's child, stops its process tree and empties
+    /// the slot.
+    async fn terminate(&mut self, slot: usize, reason: StopReason) {
         let Some(occupant) = self.slots.get(slot) else {
             return;
         };
-        let child = occupant.view.info.clone();
-        let kill_timeout = self.config.kill_timeout;
-        let termination = occupant.process.terminate(kill_timeout).await;
+        let id = occupant.view.info.id.clone();
+        self.run_stop(slot, &id, reason).await;
+        let occupant = self.slots.get(slot).expect("still there");
+        let termination = occupant.process.terminate(self.config.kill_timeout).await;
+        self.finish(slot, termination);
+    }
+
+    /// Reports how a slot's child ended and empties the slot.
+    fn finish(&mut self, slot: usize, termination: Termination) {
+        let Some(occupant) = self.slots.clear(slot) else {
+            return;
+        };
+        self.persist();
+        let child = occupant.view.info;
         if termination.ending == Ending::Killed {
             self.emit(Event::Killed {
                 child: child.clone(),
-                after: kill_timeout,
+                after: self.config.kill_timeout,
             });
         }
-        self.slots.clear(slot);
         self.emit(Event::Terminated {
             child,
             status: termination.status,
         });
     }
 
-    /// A child's shell exited. If it was serving, it crashed: clean up what
-    /// is left of its group and have it replaced.
+    /// Runs `--stop`, if given, for the child in `slot` (with `id` for `<<ID>>`).
+    async fn run_stop(&self, slot: usize, id: &str, reason: StopReason) {
+        let Some(template) = &self.config.stop else {
+            return;
+        };
+        let port = self.slots.port(slot);
+        let cmd = command::expand(template, port, &self.config.healthcheck, id);
+        let result = command::run(&cmd, self.config.stop_timeout(), 0).await;
+        self.emit(Event::StopRan {
+            port,
+            reason,
+            result: result.map(|_| ()),
+        });
+    }
+
+    /// A child's shell exited. If it was serving, it crashed: stop what is
+    /// left of it and have it replaced.
     pub async fn child_exited(&mut self, generation: u64) {
         // Retired or failed on purpose, or still starting (its health check
         // sees the exit): nothing to do here.
@@ -271,7 +385,7 @@ impl Engine {
             ran: Some(ran),
             serving: self.slots.current().cloned(),
         });
-        self.terminate(slot).await;
+        self.terminate(slot, StopReason::Failed).await;
         self.crashed(ran);
     }
 
@@ -281,6 +395,100 @@ impl Engine {
         let delay = self.backoff.crashed(ran);
         self.emit(Event::ReplaceScheduled { delay });
         self.triggers.request(Reason::ChildExited);
+    }
+
+    /// Before the first update: stops whatever an earlier liveroll on these
+    /// ports left behind (it crashed, or was killed), as its state file
+    /// records it, then runs `--stop` for both slots.
+    pub async fn recover(&mut self) {
+        let saved = self.state.load().unwrap_or_default();
+        for left in saved.children {
+            let child = ChildInfo {
+                slot: left.slot,
+                port: left.port,
+                pid: left.pid,
+                id: left.id.clone(),
+                generation: left.generation,
+            };
+            // Its leader counts only if it is the very process recorded: a
+            // pid reused since is someone else's.
+            let same = procfs::stat(left.pid)
+                .is_some_and(|s| s.start_ticks == left.start_ticks && !s.exited());
+            let tree = match same {
+                true => Tree {
+                    leader: left.pid,
+                    marker: left.marker.clone(),
+                },
+                false => Tree::marked(&left.marker),
+            };
+            let running = !tree.members().is_empty();
+            if let Some(slot) = self.last_ids.get_mut(left.slot) {
+                *slot = left.id.clone();
+            }
+            if !running && left.stop.is_none() {
+                continue;
+            }
+            self.emit(Event::Leftover {
+                child: child.clone(),
+                running,
+            });
+            if let Some(stop) = &left.stop {
+                let result = command::run(stop, self.config.stop_timeout(), 0).await;
+                self.emit(Event::StopRan {
+                    port: left.port,
+                    reason: StopReason::Startup,
+                    result: result.map(|_| ()),
+                });
+            }
+            let ending = tree.terminate(self.config.kill_timeout).await;
+            if ending == Ending::Killed {
+                self.emit(Event::Killed {
+                    child: child.clone(),
+                    after: self.config.kill_timeout,
+                });
+            }
+            self.emit(Event::Terminated {
+                child,
+                status: None,
+            });
+        }
+        for slot in 0..2 {
+            let id = self.last_ids[slot].clone();
+            self.run_stop(slot, &id, StopReason::Startup).await;
+        }
+        self.persist();
+    }
+
+    /// Writes the record of children to the state file.
+    fn persist(&self) {
+        let children =
+            (0..2)
+                .filter_map(|slot| self.slots.get(slot))
+                .map(|o| {
+                    let info = &o.view.info;
+                    SavedChild {
+                        slot: info.slot,
+                        port: info.port,
+                        pid: info.pid,
+                        start_ticks: o.process.start_ticks,
+                        id: info.id.clone(),
+                        generation: info.generation,
+                        marker: o.process.tree.marker.clone(),
+                        stop: self.config.stop.as_ref().map(|t| {
+                            command::expand(t, info.port, &self.config.healthcheck, &info.id)
+                        }),
+                    }
+                })
+                .collect();
+        let saved = Saved {
+            owner_pid: std::process::id() as i32,
+            children,
+        };
+        if let Err(e) = self.state.save(&saved) {
+            self.emit(Event::StateFailed {
+                error: e.to_string(),
+            });
+        }
     }
 
     /// Shutdown: waits (until `deadline`) for requests in flight on every
@@ -312,7 +520,17 @@ impl Engine {
                 break;
             }
         }
-        // Both at once: each may wait out its own kill timeout.
+        // Both at once: each may wait out its own stop and kill timeouts.
+        let this = &*self;
+        let [first, second] = [0, 1].map(|slot| {
+            let id = this.slots.get(slot).map(|o| o.view.info.id.clone());
+            async move {
+                if let Some(id) = id {
+                    this.run_stop(slot, &id, StopReason::Shutdown).await;
+                }
+            }
+        });
+        tokio::join!(first, second);
         let kill_timeout = self.config.kill_timeout;
         let [first, second] = [0, 1].map(|slot| {
             self.slots
@@ -321,20 +539,9 @@ impl Engine {
         });
         let (first, second) = tokio::join!(maybe(first), maybe(second));
         for (slot, termination) in [(0, first), (1, second)] {
-            let Some(termination) = termination else {
-                continue;
-            };
-            let child = self.slots.clear(slot).expect("occupied").view.info;
-            if termination.ending == Ending::Killed {
-                self.emit(Event::Killed {
-                    child: child.clone(),
-                    after: kill_timeout,
-                });
+            if let Some(termination) = termination {
+                self.finish(slot, termination);
             }
-            self.emit(Event::Terminated {
-                child,
-                status: termination.status,
-            });
         }
     }
 
@@ -348,6 +555,21 @@ async fn maybe<F: std::future::Future>(future: Option<F>) -> Option<F::Output> {
         Some(future) => Some(future.await),
         None => None,
     }
+}
+
+/// A random token (hex), from the kernel's random source.
+fn new_token() -> String {
+    let mut bytes = [0u8; 8];
+    let read = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes));
+    if read.is_err() {
+        // Unique enough on one host: this pid at this moment.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ u64::from(std::process::id()) << 32).to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Whether a child could bind `port`: catches a stray process (an orphan of
@@ -368,5 +590,12 @@ mod tests {
         assert!(!port_is_free(port));
         drop(listener);
         assert!(port_is_free(port));
+    }
+
+    #[test]
+    fn tokens_differ() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
     }
 }

@@ -8,5 +8,6 @@ pub mod error;
 pub mod flow;
 pub mod monitor;
 pub mod slots;
+pub mod state;
 pub mod supervisor;
 pub mod trigger;

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::process::tree::Tree;
 use crate::serve::backends::Backend;
 
 /// What identifies a child in logs and events.
@@ -49,6 +50,8 @@ impl State {
 #[derive(Clone, Debug)]
 pub struct ChildView {
     pub info: ChildInfo,
+    /// Its processes, for a last SIGKILL at exit.
+    pub tree: Tree,
     pub state: State,
     /// When it entered `state`.
     pub since: SystemTime,
@@ -118,12 +121,13 @@ impl<P> Slots<P> {
     }
 
     /// Puts a new child into an empty slot, as starting.
-    pub fn start(&mut self, slot: usize, process: P, info: ChildInfo) {
+    pub fn start(&mut self, slot: usize, process: P, info: ChildInfo, tree: Tree) {
         debug_assert!(self.slots[slot].is_none());
         self.slots[slot] = Some(Occupant {
             process,
             view: ChildView {
                 info,
+                tree,
                 state: State::Starting,
                 since: SystemTime::now(),
                 backend: None,
@@ -211,10 +215,10 @@ mod tests {
         assert_eq!(slots.free(|_| true), Ok(0));
         assert_eq!(slots.free(|p| p != 9101), Ok(1));
         assert_eq!(slots.free(|_| false), Err(vec![9101, 9102]));
-        slots.start(0, (), info(0, 1));
+        slots.start(0, (), info(0, 1), Tree::marked("t"));
         assert_eq!(slots.free(|_| true), Ok(1));
         assert_eq!(slots.free(|_| false), Err(vec![9102]));
-        slots.start(1, (), info(1, 2));
+        slots.start(1, (), info(1, 2), Tree::marked("t"));
         assert_eq!(slots.free(|_| true), Err(vec![]));
     }
 
@@ -222,12 +226,12 @@ mod tests {
     fn the_current_child_is_the_newest_that_serves() {
         let mut slots: Slots<()> = Slots::new([9101, 9102]);
         let views = slots.watch();
-        slots.start(0, (), info(0, 1));
+        slots.start(0, (), info(0, 1), Tree::marked("t"));
         assert_eq!(slots.current(), None, "starting is not serving");
         let old = backend(1);
         slots.set_state(0, State::Serving, Some(old.clone()));
         assert_eq!(slots.current().map(|c| c.generation), Some(1));
-        slots.start(1, (), info(1, 2));
+        slots.start(1, (), info(1, 2), Tree::marked("t"));
         slots.set_state(1, State::Serving, Some(backend(2)));
         assert_eq!(slots.current().map(|c| c.generation), Some(2));
         // What the others see is the same record.
@@ -246,10 +250,10 @@ mod tests {
     fn retirement_takes_every_other_occupied_slot() {
         let mut slots: Slots<()> = Slots::new([9101, 9102]);
         assert!(slots.others(0).is_empty());
-        slots.start(1, (), info(1, 1));
+        slots.start(1, (), info(1, 1), Tree::marked("t"));
         assert_eq!(slots.others(0), vec![1]);
         assert!(slots.others(1).is_empty());
-        slots.start(0, (), info(0, 2));
+        slots.start(0, (), info(0, 2), Tree::marked("t"));
         assert_eq!(slots.find(2), Some(0));
         assert_eq!(slots.others(1), vec![0]);
         assert_eq!(slots.clear(1).map(|o| o.view.info.generation), Some(1));

@@ -12,12 +12,14 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::flow::Engine;
+use super::flow::{Engine, Parts};
 use super::monitor;
 use super::slots::{ChildView, Slots};
+use super::state::StateFile;
 use super::trigger::{Reason, Triggers};
 use crate::config::Config;
 use crate::process::child::Child;
+use crate::process::reaper;
 use crate::report::event::Event;
 use crate::report::reporter::Reporter;
 use crate::report::{admin, notify};
@@ -29,8 +31,9 @@ pub struct Supervisor {
     backends: Arc<BackendSet>,
     reporter: Arc<Reporter>,
     triggers: Arc<Triggers>,
-    /// The engine's record of children until `start` hands it over.
-    slots: std::sync::Mutex<Option<Slots<Child>>>,
+    /// The engine's record of children and its state file, until `start`
+    /// hands them over.
+    slots: std::sync::Mutex<Option<(Slots<Child>, StateFile)>>,
     children: watch::Receiver<Arc<[ChildView]>>,
     /// Bound in `main` so a taken port fails before anything starts.
     admin: std::sync::Mutex<Option<std::net::TcpListener>>,
@@ -45,6 +48,7 @@ impl Supervisor {
     pub fn new(
         config: Arc<Config>,
         backends: Arc<BackendSet>,
+        state: StateFile,
         admin: Option<std::net::TcpListener>,
         stop: StopSender,
         finished: Sender<()>,
@@ -56,7 +60,7 @@ impl Supervisor {
             config,
             backends,
             triggers: Arc::new(Triggers::new()),
-            slots: std::sync::Mutex::new(Some(slots)),
+            slots: std::sync::Mutex::new(Some((slots, state))),
             children,
             admin: std::sync::Mutex::new(admin),
             stop: Arc::new(stop),
@@ -129,6 +133,11 @@ enum Work {
 }
 
 impl Supervisor {
+    fn fatal(&self, error: String) -> ! {
+        self.reporter.emit(Event::Fatal { error });
+        std::process::exit(1);
+    }
+
     /// Runs updates and handles exits, one at a time, until shutdown.
     async fn serve(
         &self,
@@ -136,7 +145,6 @@ impl Supervisor {
         exits: &mut mpsc::UnboundedReceiver<u64>,
         shutdown: &mut ShutdownWatch,
     ) {
-        self.triggers.request(Reason::Startup);
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
@@ -194,25 +202,31 @@ impl BackgroundService for Supervisor {
             self.stop.clone(),
         );
         if let Err(e) = signals {
-            self.reporter.emit(Event::Fatal {
-                error: format!("cannot install signal handlers: {e}"),
-            });
-            std::process::exit(1);
+            self.fatal(format!("cannot install signal handlers: {e}"));
+        }
+        if let Err(e) = reaper::start() {
+            self.fatal(format!(
+                "cannot become the reaper of children's orphans: {e}"
+            ));
         }
         self.spawn_helpers();
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
-        let slots = self.slots.lock().unwrap().take().expect("started once");
-        let mut engine = Engine::new(
-            self.config.clone(),
-            self.backends.clone(),
-            self.triggers.clone(),
-            self.reporter.clone(),
-            self.stop.subscribe(),
-            slots,
-            exits_tx,
-        );
-        self.serve(&mut engine, &mut exits, &mut shutdown).await;
+        let (slots, state) = self.slots.lock().unwrap().take().expect("started once");
+        let parts = Parts {
+            config: self.config.clone(),
+            backends: self.backends.clone(),
+            triggers: self.triggers.clone(),
+            reporter: self.reporter.clone(),
+            stop: self.stop.subscribe(),
+            state,
+        };
+        let mut engine = Engine::new(parts, slots, exits_tx);
+        let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
+        if recovered.is_some() {
+            self.triggers.request(Reason::Startup);
+            self.serve(&mut engine, &mut exits, &mut shutdown).await;
+        }
         self.shut_down(&mut engine).await;
         let _ = self.finished.send(());
     }

@@ -191,6 +191,8 @@ impl Liveroll {
             "30s".into(),
             "--kill-timeout".into(),
             "5s".into(),
+            "--state-dir".into(),
+            scratch.dir.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(scratch, ports, &args, env)
