@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+pub mod netns;
+
 pub const LIVEROLL: &str = env!("CARGO_BIN_EXE_liveroll");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_liveroll-demo");
 /// How long a condition may take before the test gives up. Generous: this is
