@@ -88,17 +88,21 @@ impl Netns {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         std::thread::scope(|s| {
             let thread = s.spawn(|| {
-                let ns = File::open(format!("/run/netns/{}", self.name))
-                    .unwrap_or_else(|e| panic!("namespace {}: {e}", self.name));
-                setns(&ns, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns into {}: {e}", self.name));
-                drop(ns);
+                self.enter().unwrap();
                 f()
             });
             thread
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
+    }
+
+    /// Moves the calling thread into this namespace.
+    fn enter(&self) -> Result<(), String> {
+        let ns = File::open(format!("/run/netns/{}", self.name))
+            .map_err(|e| format!("namespace {}: {e}", self.name))?;
+        setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| format!("setns into {} (needs CAP_SYS_ADMIN): {e}", self.name))
     }
 
     /// `ip netns exec NAME program`.
@@ -167,6 +171,11 @@ impl Fleet {
         };
         let lb = fleet.lb.clone();
         fleet.add(&lb)?;
+        // CAP_NET_ADMIN creates namespaces; entering one takes CAP_SYS_ADMIN.
+        let probe = lb.clone();
+        std::thread::spawn(move || probe.enter())
+            .join()
+            .expect("the setns probe")?;
         for n in 1..=hosts {
             let host = Netns {
                 name: format!("{base}-h{n}"),
@@ -474,7 +483,12 @@ impl Drop for Haproxy {
         let _ = self.process.kill();
         let _ = self.process.wait();
         if std::thread::panicking() {
-            eprintln!("---- HAProxy log ----\n{}", self.log());
+            // Its last lines: during a host's outage it logs every
+            // redispatched request.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+            eprintln!("---- HAProxy log (last 40 lines) ----\n{tail}");
         }
     }
 }
