@@ -323,6 +323,11 @@ impl Host {
         self.ns.run(|| request(ADMIN_PORT, "GET", path, b"").ok())
     }
 
+    /// One sample of liveroll's `/metrics` (see [`super::metric`]).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.ns.run(|| super::metric(ADMIN_PORT, name))
+    }
+
     pub fn status(&self) -> Option<Value> {
         let r = self.admin("/status").filter(|r| r.status == 200)?;
         serde_json::from_str(&r.body).ok()
@@ -367,6 +372,19 @@ impl Host {
     }
 }
 
+/// A reference configuration (`conf/NAME`) as a test runs it: `reference`
+/// with each `(from, to)` applied. Each `from` must occur exactly once, so
+/// the reference cannot change under the test unseen.
+pub fn from_reference(reference: &str, substitutions: &[(&str, String)]) -> String {
+    let mut config = reference.to_string();
+    for (from, to) in substitutions {
+        let found = config.matches(from).count();
+        assert_eq!(found, 1, "{from:?} occurs {found} times in the reference");
+        config = config.replace(from, to);
+    }
+    config
+}
+
 /// HAProxy running in a namespace, in the foreground (`-db`), logging to a
 /// file, with its runtime API on a Unix socket (reachable from the root
 /// namespace: Unix sockets with a path are not network-namespaced).
@@ -377,18 +395,6 @@ pub struct Haproxy {
 }
 
 impl Haproxy {
-    /// `reference` with each `(from, to)` applied; each `from` must occur
-    /// exactly once, so the reference cannot change under the test unseen.
-    pub fn config(reference: &str, substitutions: &[(&str, String)]) -> String {
-        let mut config = reference.to_string();
-        for (from, to) in substitutions {
-            let found = config.matches(from).count();
-            assert_eq!(found, 1, "{from:?} occurs {found} times in the reference");
-            config = config.replace(from, to);
-        }
-        config
-    }
-
     /// `haproxy -c -f FILE` must accept it.
     pub fn check(config: &Path) {
         if let Err(e) = run_quiet(Command::new("haproxy").arg("-c").arg("-f").arg(config)) {
@@ -489,6 +495,68 @@ impl Drop for Haproxy {
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(40)..].join("\n");
             eprintln!("---- HAProxy log (last 40 lines) ----\n{tail}");
+        }
+    }
+}
+
+/// Open-source nginx running in a namespace in the foreground, logging its
+/// errors to a file.
+pub struct Nginx {
+    process: Child,
+    log: PathBuf,
+}
+
+impl Nginx {
+    /// `nginx -t -c FILE` must accept it (as root: nginx opens its pid file).
+    pub fn check(config: &Path) {
+        if let Err(e) = run_quiet(Command::new("nginx").arg("-t").arg("-c").arg(config)) {
+            panic!("nginx refuses {}: {e}", config.display());
+        }
+    }
+
+    /// Starts nginx inside `ns` and waits until it answers on `port`.
+    pub fn start(ns: &Netns, config: &Path, port: u16, log: PathBuf) -> Nginx {
+        let out = File::create(&log).unwrap();
+        let process = ns
+            .command("nginx")
+            .arg("-c")
+            .arg(config)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut nginx = Nginx { process, log };
+        wait_for("nginx to listen", || {
+            if let Some(status) = nginx.process.try_wait().unwrap() {
+                panic!("nginx exited ({status}):\n{}", nginx.log());
+            }
+            ns.run(|| request(port, "GET", "/", b"").ok()).map(|_| ())
+        });
+        nginx
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its workers, then exits. (SIGKILL would
+        // leave the workers behind.)
+        let _ = kill(Pid::from_raw(self.process.id() as i32), Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.process.try_wait().ok().flatten().is_none()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+        if std::thread::panicking() {
+            eprintln!("---- nginx log ----\n{}", self.log());
         }
     }
 }
