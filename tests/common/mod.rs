@@ -16,6 +16,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 pub mod docker;
+pub mod netns;
 
 pub const LIVEROLL: &str = env!("CARGO_BIN_EXE_liveroll");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_liveroll-demo");
