@@ -20,6 +20,8 @@ fn main() {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
     )
+    // Rollovers take milliseconds: seconds would hide what came first.
+    .format_timestamp_millis()
     .init();
     let config = Arc::new(Config::from_env());
     let admin = check_listeners(&config);

@@ -5,6 +5,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
 use common::docker::*;
 use common::*;
 use nix::sys::signal::{kill, Signal};
@@ -69,11 +73,11 @@ fn the_helper_builds_distinct_images_and_removes_what_it_made() {
 }
 
 // ---------------------------------------------------------------------------
-// The issue's Docker scenarios. They run the README's Docker recipe as it
-// will be once liveroll stops what a child leaves behind: `--stop` and the
-// `<<ID>>` variable do not exist yet, so today liveroll refuses to start.
+// The README's Docker recipe under what broke it before liveroll stopped
+// what a child leaves behind: leftover containers, crashes of liveroll
+// itself, and rollovers under load.
 
-/// The README's Docker recipe (as it will read with `--stop`) for the image
+/// The README's Docker recipe for the image
 /// `image` and containers named `NAME-<<PORT>>`, on `ports`; `extra` are
 /// the test's own flags. Keep it equal to the README's command line: only
 /// the image, the names, the ports and the last flags may differ.
@@ -172,9 +176,7 @@ fn assert_nothing_left(docker: &Docker, ports: &Ports) {
     );
 }
 
-// enabled once child ownership lands
 #[test]
-#[ignore = "enabled once child ownership lands"]
 fn a_leftover_container_after_sigkill_of_docker_run_is_cleared() {
     if !require_docker() {
         return;
@@ -220,9 +222,7 @@ fn a_leftover_container_after_sigkill_of_docker_run_is_cleared() {
     );
 }
 
-// enabled once child ownership lands
 #[test]
-#[ignore = "enabled once child ownership lands"]
 fn liveroll_sigkilled_with_containers_restarts_rolls_and_leaves_nothing() {
     if !require_docker() {
         return;
@@ -284,9 +284,7 @@ fn liveroll_sigkilled_with_containers_restarts_rolls_and_leaves_nothing() {
     assert_nothing_left(&docker, &third.ports);
 }
 
-// enabled once child ownership lands
 #[test]
-#[ignore = "enabled once child ownership lands"]
 fn sighup_and_new_image_rollovers_of_containers_under_load_lose_nothing() {
     if !require_docker() {
         return;
@@ -347,4 +345,104 @@ fn sighup_and_new_image_rollovers_of_containers_under_load_lose_nothing() {
     liveroll.signal(Signal::SIGTERM);
     assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
     assert_nothing_left(&docker, &liveroll.ports);
+}
+
+/// The Unix time in milliseconds of a log line's env_logger timestamp.
+fn log_ms(line: &str) -> u128 {
+    let stamp = line
+        .trim_start_matches('[')
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let at = humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+fn median(mut values: Vec<u128>) -> u128 {
+    values.sort_unstable();
+    values[values.len() / 2]
+}
+
+/// Probes `port` every 5 ms (each probe on its own thread, so a hung one
+/// delays nothing) until `stop`; returns when a probe first got 200, in
+/// Unix milliseconds.
+fn first_200(port: u16, stop: Arc<AtomicBool>) -> thread::JoinHandle<Option<u128>> {
+    thread::spawn(move || {
+        let first = Arc::new(Mutex::new(None::<u128>));
+        while !stop.load(Ordering::Relaxed) {
+            let first = first.clone();
+            thread::spawn(move || {
+                let answer = request(port, "GET", "/healthz", b"");
+                if answer.is_ok_and(|r| r.status == 200) {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis();
+                    let mut first = first.lock().unwrap();
+                    *first = Some(first.map_or(now, |t| t.min(now)));
+                }
+            });
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let first = *first.lock().unwrap();
+        first
+    })
+}
+
+/// A measurement, not a test (no timing is asserted): how soon a real
+/// container is published once it answers through docker-proxy, as seen by
+/// a prober of its own, and how long a SIGHUP rollover takes. Run it with
+/// `cargo test --release --test docker -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "a measurement; run it by name"]
+fn measure_container_readiness() {
+    if !require_docker() {
+        return;
+    }
+    let docker = Docker::new("measure");
+    let image = docker.tag(&docker.demo_image("v1").id, "app");
+    let scratch = Scratch::new();
+    let ports = free_ports();
+    let args = recipe(&docker, &image, &ports, &[]);
+    let liveroll = Liveroll::spawn(&scratch, ports, &args, &[]);
+    liveroll.wait_version("v1");
+    let (mut answered_to_published, mut rollovers) = (Vec::new(), Vec::new());
+    for round in 1..=10 {
+        let next = match serving_port(&liveroll) {
+            p if p == liveroll.ports.child1 => liveroll.ports.child2,
+            _ => liveroll.ports.child1,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let prober = first_200(next, stop.clone());
+        liveroll.signal(Signal::SIGHUP);
+        wait_rolled(&liveroll, "sighup", round);
+        stop.store(true, Ordering::Relaxed);
+        let first = prober.join().unwrap().expect("the prober saw a 200");
+        let log = liveroll.log();
+        let published = log_ms(log.lines().rfind(|l| l.contains("event=publish ")).unwrap());
+        answered_to_published.push(published as i128 - first as i128);
+        let rolled = log
+            .lines()
+            .rfind(|l| l.contains("event=rolled trigger=sighup"))
+            .unwrap();
+        let took: u128 = rolled
+            .rsplit("took_ms=")
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        rollovers.push(took);
+        wait_only_running(&docker, &container(&docker, serving_port(&liveroll)));
+    }
+    let mut sorted = answered_to_published.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "first 200 through docker-proxy -> published: median {} ms ({answered_to_published:?}); \
+         SIGHUP -> new container serving: median {} ms ({rollovers:?})",
+        sorted[sorted.len() / 2],
+        median(rollovers.clone())
+    );
 }

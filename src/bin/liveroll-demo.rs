@@ -71,8 +71,13 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // The time (Unix epoch, milliseconds) lets a measurement compare it
+    // with liveroll's own log, also from inside a container.
+    let epoch_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     eprintln!(
-        "liveroll-demo {} pid={} listening on {addr}",
+        "liveroll-demo {} pid={} listening on {addr} at_ms={epoch_ms}",
         args.app_version,
         std::process::id()
     );

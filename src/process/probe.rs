@@ -6,14 +6,19 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 
 use crate::process::child::Child;
 
-/// First pause between probes; it doubles up to [`MAX_PAUSE`], so a child that
-/// starts in milliseconds is seen within milliseconds, and a slow one is not
-/// hammered.
-const FIRST_PAUSE: Duration = Duration::from_millis(10);
-const MAX_PAUSE: Duration = Duration::from_millis(200);
+/// First pause between probes; it doubles up to [`MAX_PAUSE`]. A new probe
+/// goes out every pause even while earlier ones wait for an answer, so a
+/// child is seen healthy within [`MAX_PAUSE`] of its first 200 however
+/// long a single probe hangs (behind `docker-proxy`, a probe sent before the
+/// container's network is up is accepted and hangs for about a second).
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const MAX_PAUSE: Duration = Duration::from_millis(10);
+/// Probes waiting for an answer at once, at most.
+const MAX_IN_FLIGHT: usize = 64;
 /// Each probe on its own may take this long (a child that accepts and hangs).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -38,7 +43,8 @@ impl fmt::Display for HealthError {
     }
 }
 
-/// Polls `path` on the child until it answers 200, it exits, or `timeout` passes.
+/// Probes `path` on the child until it answers 200, it exits, or `timeout`
+/// passes.
 pub async fn wait_healthy(
     child: &Child,
     port: u16,
@@ -46,18 +52,11 @@ pub async fn wait_healthy(
     timeout: Duration,
 ) -> Result<(), HealthError> {
     let deadline = Instant::now() + timeout;
+    let mut probes = JoinSet::new();
     let mut pause = FIRST_PAUSE;
+    let mut next = Instant::now();
+    let mut last = "no answer yet".to_string();
     loop {
-        let probe = tokio::time::timeout(PROBE_TIMEOUT, probe(port, path));
-        let last = tokio::select! {
-            status = child.exited() => return Err(HealthError::Exited(status)),
-            result = probe => match result {
-                Ok(Ok(200)) => return Ok(()),
-                Ok(Ok(code)) => format!("HTTP {code}"),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {PROBE_TIMEOUT:?}"),
-            },
-        };
         let now = Instant::now();
         if now >= deadline {
             return Err(HealthError::TimedOut {
@@ -65,11 +64,26 @@ pub async fn wait_healthy(
                 last,
             });
         }
+        if now >= next && probes.len() < MAX_IN_FLIGHT {
+            let path = path.to_string();
+            probes.spawn(
+                async move { tokio::time::timeout(PROBE_TIMEOUT, probe(port, &path)).await },
+            );
+            next = now + pause;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+        let wake = next.min(deadline);
         tokio::select! {
             status = child.exited() => return Err(HealthError::Exited(status)),
-            _ = tokio::time::sleep(pause.min(deadline - now)) => {}
+            Some(done) = probes.join_next() => match done {
+                Ok(Ok(Ok(200))) => return Ok(()),
+                Ok(Ok(Ok(code))) => last = format!("HTTP {code}"),
+                Ok(Ok(Err(e))) => last = e.to_string(),
+                Ok(Err(_)) => last = format!("no answer within {PROBE_TIMEOUT:?}"),
+                Err(_) => {}
+            },
+            _ = tokio::time::sleep_until(wake.into()) => {}
         }
-        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 

@@ -282,6 +282,9 @@ impl Host {
             "30s",
             "--kill-timeout",
             "5s",
+            // Each host has a disk of its own; here they share one.
+            "--state-dir",
+            &self.scratch.dir.display().to_string(),
         ]
         .iter()
         .map(|s| s.to_string())
