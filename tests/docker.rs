@@ -133,6 +133,8 @@ fn wait_rolled(liveroll: &Liveroll, trigger: &str, count: usize) {
 }
 
 /// The slot port of the child published last (`event=publish … port=N`).
+/// Call it after `wait_rolled`: a request can be served a moment before
+/// the publish line is written.
 fn serving_port(liveroll: &Liveroll) -> u16 {
     let log = liveroll.log();
     let line = log.lines().rfind(|l| l.contains("event=publish "));
@@ -188,6 +190,7 @@ fn a_leftover_container_after_sigkill_of_docker_run_is_cleared() {
     let args = recipe(&docker, &image, &ports, &[]);
     let liveroll = Liveroll::spawn(&scratch, ports, &args, &[]);
     liveroll.wait_version("v1");
+    wait_rolled(&liveroll, "startup", 1);
     let first = serving_port(&liveroll);
     wait_only_running(&docker, &container(&docker, first));
 
@@ -202,6 +205,7 @@ fn a_leftover_container_after_sigkill_of_docker_run_is_cleared() {
     liveroll.wait_log("event=exit unexpected=true", 1);
     wait_rolled(&liveroll, "child-exit", 1);
     liveroll.wait_version("v1");
+    wait_rolled(&liveroll, "startup", 1);
 
     // Every rollover needs the slot that does not serve: after two, both
     // slots, the leftover's included, have served again.
@@ -238,6 +242,7 @@ fn liveroll_sigkilled_with_containers_restarts_rolls_and_leaves_nothing() {
     // with another container serving, restart once more.
     let mut first = Liveroll::spawn(&scratches[0], ports, &args, &[]);
     first.wait_version("v1");
+    wait_rolled(&first, "startup", 1);
     let orphan = container(&docker, serving_port(&first));
     wait_only_running(&docker, &orphan);
     first.signal(Signal::SIGKILL);
@@ -252,6 +257,7 @@ fn liveroll_sigkilled_with_containers_restarts_rolls_and_leaves_nothing() {
     };
     let mut second = Liveroll::spawn(&scratches[1], ports, &args, &[]);
     second.wait_version("v1");
+    wait_rolled(&second, "startup", 1);
     for round in 1..=3 {
         second.signal(Signal::SIGHUP);
         wait_rolled(&second, "sighup", round);
@@ -269,6 +275,7 @@ fn liveroll_sigkilled_with_containers_restarts_rolls_and_leaves_nothing() {
     };
     let mut third = Liveroll::spawn(&scratches[2], ports, &args, &[]);
     third.wait_version("v1");
+    wait_rolled(&third, "startup", 1);
     for round in 1..=2 {
         third.signal(Signal::SIGHUP);
         wait_rolled(&third, "sighup", round);
@@ -298,6 +305,7 @@ fn sighup_and_new_image_rollovers_of_containers_under_load_lose_nothing() {
     let args = recipe(&docker, &image, &ports, &["--interval", "200ms"]);
     let mut liveroll = Liveroll::spawn(&scratch, ports, &args, &[]);
     liveroll.wait_version("v1");
+    wait_rolled(&liveroll, "startup", 1);
     let load = Load::start(
         liveroll.ports.proxy,
         &["keep-alive GET", "new-connection GET", "POST"],
@@ -408,6 +416,7 @@ fn measure_container_readiness() {
     let args = recipe(&docker, &image, &ports, &[]);
     let liveroll = Liveroll::spawn(&scratch, ports, &args, &[]);
     liveroll.wait_version("v1");
+    wait_rolled(&liveroll, "startup", 1);
     let (mut answered_to_published, mut rollovers) = (Vec::new(), Vec::new());
     for round in 1..=10 {
         let next = match serving_port(&liveroll) {
