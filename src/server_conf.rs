@@ -23,8 +23,13 @@ pub fn load(config: &Config) -> Result<ServerConf, String> {
     };
     // Pingora waits this long after a stop signal before dropping its tasks;
     // liveroll exits as soon as its children are gone, so this is only a bound.
-    let needed =
-        (config.shutdown_delay + config.drain_timeout + config.kill_timeout * 2).as_secs() + 5;
+    let stop = match config.stop {
+        Some(_) => config.stop_timeout(),
+        None => std::time::Duration::ZERO,
+    };
+    let needed = (config.shutdown_delay + config.drain_timeout + stop + config.kill_timeout * 2)
+        .as_secs()
+        + 5;
     let grace = *conf.grace_period_seconds.get_or_insert(needed);
     if grace < needed {
         warn!(

@@ -323,12 +323,33 @@ fn the_unit_file_is_consistent_and_verifies() {
     assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
     assert_eq!(value("Restart"), "on-failure");
     assert!(value("EnvironmentFile").starts_with("/etc/liveroll/"));
-    // Stopping must fit: drain + 2 x kill timeout (the defaults) and margin.
-    let stop = humantime::parse_duration(&value("TimeoutStopSec")).unwrap();
-    assert!(
-        stop >= Duration::from_secs(30 + 2 * 10 + 5),
-        "TimeoutStopSec={stop:?}"
+    // Stopping must fit: the env file's suggested shutdown delay, the drain,
+    // --stop's limit (2 x kill timeout) and SIGTERM then SIGKILL (2 x kill
+    // timeout), with the defaults, and a margin.
+    let env =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/conf/liveroll.env")).unwrap();
+    let suggested = |key: &str| {
+        env.lines()
+            .find_map(|l| {
+                l.trim_start_matches('#')
+                    .strip_prefix(key)?
+                    .strip_prefix('=')
+            })
+            .map(|v| humantime::parse_duration(v).unwrap())
+            .unwrap_or_else(|| panic!("no {key} in the env file"))
+    };
+    let (delay, drain, kill) = (
+        suggested("LIVEROLL_SHUTDOWN_DELAY"),
+        suggested("LIVEROLL_DRAIN_TIMEOUT"),
+        suggested("LIVEROLL_KILL_TIMEOUT"),
     );
+    let stop = humantime::parse_duration(&value("TimeoutStopSec")).unwrap();
+    let needed = delay + drain + 4 * kill;
+    assert!(
+        stop >= needed + Duration::from_secs(10),
+        "TimeoutStopSec={stop:?}, needs {needed:?} and a margin"
+    );
+    assert_eq!(value("RuntimeDirectory"), "%N");
 
     let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
         eprintln!("systemd-analyze is not installed: skipping `systemd-analyze verify`");
