@@ -13,6 +13,7 @@ use super::metrics::{self, METRICS};
 use super::notify;
 use super::status::{self, UpdateRecord};
 use crate::config::Config;
+use crate::update::control::Command;
 use crate::update::slots::{self, ChildInfo, ChildView};
 
 pub struct Reporter {
@@ -30,6 +31,9 @@ struct State {
     /// READY=1 was sent: startup is over.
     ready_sent: bool,
     last_update: Option<UpdateRecord>,
+    bake: Option<status::BakeRecord>,
+    last_rollback: Option<status::RollbackRecord>,
+    paused: bool,
 }
 
 impl Reporter {
@@ -70,6 +74,10 @@ impl Reporter {
                         METRICS.rollout(metrics::Rollout::Unchanged);
                         ("unchanged", None)
                     }
+                    Outcome::Quarantined(_) => {
+                        METRICS.rollout(metrics::Rollout::Quarantined);
+                        ("quarantined", None)
+                    }
                     Outcome::Rolled(took) => {
                         METRICS.rollout(metrics::Rollout::Rolled(*took));
                         ("rolled", None)
@@ -94,6 +102,50 @@ impl Reporter {
                     state.phase(serving(now.as_ref()));
                 }
             }
+            Event::BakeStarted {
+                new,
+                previous,
+                window,
+                canary,
+            } => {
+                state.bake = Some(status::BakeRecord {
+                    id: new.id,
+                    previous_id: previous.id,
+                    until: SystemTime::now() + window,
+                    canary,
+                });
+            }
+            Event::Promoted { .. } => state.bake = None,
+            Event::RolledBack {
+                rule,
+                new,
+                previous,
+                evidence,
+            } => {
+                METRICS.rollback(rule.as_str());
+                state.bake = None;
+                state.last_rollback = Some(status::RollbackRecord {
+                    at: SystemTime::now(),
+                    id: new.id.clone(),
+                    previous_id: previous.id.clone(),
+                    rule: rule.as_str(),
+                    evidence: evidence.to_string(),
+                });
+                state.phase(format!(
+                    "rolled back id={} ({}): {}",
+                    new.id,
+                    rule.as_str(),
+                    serving(Some(&previous))
+                ));
+            }
+            Event::Control {
+                command,
+                answer: Ok(_),
+            } => match command {
+                Command::Pause => state.paused = true,
+                Command::Resume => state.paused = false,
+                _ => {}
+            },
             // Before the first READY=1 systemd is still starting the service
             // and takes no reload.
             Event::Signal {
@@ -129,6 +181,9 @@ impl Reporter {
             stopping: state.stopping,
             children: &children,
             last_update: state.last_update.as_ref(),
+            bake: state.bake.as_ref(),
+            last_rollback: state.last_rollback.as_ref(),
+            paused: state.paused,
             config: &self.config,
         })
     }

@@ -12,6 +12,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::control::{Control, Request};
 use super::flow::{Engine, Parts};
 use super::monitor;
 use super::slots::{ChildView, Slots};
@@ -31,6 +32,9 @@ pub struct Supervisor {
     backends: Arc<BackendSet>,
     reporter: Arc<Reporter>,
     triggers: Arc<Triggers>,
+    /// Operator commands: the admin listener sends, the loop receives.
+    control: Control,
+    commands: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
     /// The engine's record of children and its state file, until `start`
     /// hands them over.
     slots: std::sync::Mutex<Option<(Slots<Child>, StateFile)>>,
@@ -55,7 +59,10 @@ impl Supervisor {
     ) -> Self {
         let slots = Slots::new(config.child_ports());
         let children = slots.watch();
+        let (control, commands) = Control::channel();
         Supervisor {
+            control,
+            commands: std::sync::Mutex::new(Some(commands)),
             reporter: Arc::new(Reporter::new(&config, children.clone())),
             config,
             backends,
@@ -66,6 +73,11 @@ impl Supervisor {
             stop: Arc::new(stop),
             finished,
         }
+    }
+
+    /// Where operator commands go.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The engine's record of children, for a last look at exit.
@@ -129,6 +141,8 @@ async fn until_shutdown<T>(
 /// What the supervisor does next.
 enum Work {
     Exited(u64),
+    Command(Request),
+    Tick,
     Update(super::trigger::Trigger),
 }
 
@@ -143,6 +157,7 @@ impl Supervisor {
         &self,
         engine: &mut Engine,
         exits: &mut mpsc::UnboundedReceiver<u64>,
+        commands: &mut mpsc::UnboundedReceiver<Request>,
         shutdown: &mut ShutdownWatch,
     ) {
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
@@ -151,10 +166,13 @@ impl Supervisor {
             // before the update it triggers runs. Automatic updates wait out
             // the back-off; a reload does not.
             let hold_until = engine.backoff_until();
+            let tick = engine.next_tick();
             let next = async {
                 tokio::select! {
                     biased;
                     Some(generation) = exits.recv() => Work::Exited(generation),
+                    Some(request) = commands.recv() => Work::Command(request),
+                    _ = tokio::time::sleep_until(tick) => Work::Tick,
                     trigger = self.triggers.next(hold_until) => Work::Update(trigger),
                 }
             };
@@ -167,6 +185,15 @@ impl Supervisor {
                 Work::Exited(generation) => {
                     until_shutdown(engine.child_exited(generation), shutdown, &mut watchdog).await
                 }
+                Work::Command(request) => {
+                    let answer =
+                        until_shutdown(engine.command(request.command), shutdown, &mut watchdog)
+                            .await;
+                    answer.map(|answer| {
+                        let _ = request.reply.send(answer);
+                    })
+                }
+                Work::Tick => until_shutdown(engine.tick(), shutdown, &mut watchdog).await,
                 Work::Update(trigger) => {
                     until_shutdown(engine.run(trigger), shutdown, &mut watchdog).await
                 }
@@ -222,10 +249,12 @@ impl BackgroundService for Supervisor {
             state,
         };
         let mut engine = Engine::new(parts, slots, exits_tx);
+        let mut commands = self.commands.lock().unwrap().take().expect("started once");
         let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
         if recovered.is_some() {
             self.triggers.request(Reason::Startup);
-            self.serve(&mut engine, &mut exits, &mut shutdown).await;
+            self.serve(&mut engine, &mut exits, &mut commands, &mut shutdown)
+                .await;
         }
         self.shut_down(&mut engine).await;
         let _ = self.finished.send(());

@@ -20,6 +20,9 @@ pub enum Reason {
     ChildExited,
     /// A serving child failed its health checks.
     Unhealthy,
+    /// An operator asked for a rollover (`POST /rollover`, `liveroll ctl`):
+    /// forced like SIGHUP, but not a systemd reload.
+    Admin,
 }
 
 impl Reason {
@@ -28,7 +31,7 @@ impl Reason {
     /// those updates go ahead without being forced; forcing them would
     /// restart a child that has meanwhile recovered or been replaced.
     pub fn forced(self) -> bool {
-        matches!(self, Reason::Startup | Reason::Sighup)
+        matches!(self, Reason::Startup | Reason::Sighup | Reason::Admin)
     }
 }
 
@@ -40,6 +43,7 @@ impl fmt::Display for Reason {
             Reason::Sighup => "sighup",
             Reason::ChildExited => "child-exit",
             Reason::Unhealthy => "unhealthy",
+            Reason::Admin => "admin",
         })
     }
 }
