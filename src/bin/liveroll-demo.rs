@@ -46,6 +46,17 @@ struct Args {
     /// Free text shown in the process list, e.g. to find every instance of a test.
     #[arg(long, default_value = "")]
     label: String,
+    /// A bad version: answer this share (percent) of requests with 500
+    /// (the health path is not affected).
+    #[arg(long, default_value_t = 0.0)]
+    fail_rate: f64,
+    /// A bad version: answer every request this much later (the health
+    /// path is not affected).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    latency: Option<Duration>,
+    /// A bad version: exit with status 1 this long after it started listening.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    crash_after: Option<Duration>,
 }
 
 const MAX_HEAD: usize = 64 * 1024;
@@ -82,6 +93,16 @@ async fn main() {
         std::process::id()
     );
 
+    if let Some(after) = args.crash_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!(
+                "liveroll-demo pid={} crashing as asked (--crash-after)",
+                std::process::id()
+            );
+            std::process::exit(1);
+        });
+    }
     let (stop_tx, stop) = watch::channel(false);
     let mut connections = JoinSet::new();
     loop {
@@ -167,6 +188,18 @@ async fn serve(mut stream: TcpStream, args: Args, mut stop: watch::Receiver<bool
 async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
     let path = req.path.split('?').next().unwrap_or("");
     let who = format!("version={} pid={}\n", args.app_version, std::process::id());
+    if path != args.healthcheck {
+        if let Some(latency) = args.latency {
+            tokio::time::sleep(latency).await;
+        }
+        if failing(args.fail_rate) {
+            return (
+                500,
+                "Internal Server Error",
+                format!("failing as asked {who}").into_bytes(),
+            );
+        }
+    }
     match (req.method.as_str(), path) {
         (_, p) if p == args.healthcheck => {
             match args.unhealthy || FAILING_HEALTH.load(Ordering::Relaxed) {
@@ -199,6 +232,23 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
         }
         _ => (404, "Not Found", b"not found\n".to_vec()),
     }
+}
+
+/// Whether this request is one of the `rate` percent that fail: every
+/// request adds `rate` to a running count, and each full hundred fails one,
+/// so the share is exact and spread evenly.
+fn failing(rate: f64) -> bool {
+    static SHARE: std::sync::Mutex<f64> = std::sync::Mutex::new(0.0);
+    if rate <= 0.0 {
+        return false;
+    }
+    let mut share = SHARE.lock().unwrap();
+    *share += rate;
+    if *share >= 100.0 {
+        *share -= 100.0;
+        return true;
+    }
+    false
 }
 
 /// Reads one request (head and Content-Length body). `Ok(None)` is a clean

@@ -333,6 +333,10 @@ impl Engine {
             child.generation,
         );
         self.backends.publish(backend.clone());
+        // Its figures count from now: the baseline when it is the previous one.
+        let now = tokio::time::Instant::now();
+        self.samples
+            .take(child.generation, now, backend.stats.snapshot());
         self.slots.set_state(slot, State::Serving, Some(backend));
         self.emit(Event::Published { child });
         let took = started.elapsed();
