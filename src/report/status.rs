@@ -4,15 +4,20 @@
 //! and health are read off the backends at that moment, so nothing on the
 //! request path touches this.
 
+use std::collections::HashMap;
 use std::time::SystemTime;
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use super::redact::redact;
+use crate::config::{Config, StatusCommands};
 use crate::update::slots::{self, ChildView, State};
 
 /// The last update, as `/status` shows it.
 pub struct UpdateRecord {
+    /// Every update that started has one, counting from 1: a script waits
+    /// for the one after the number it saw, whatever the ID.
+    pub number: u64,
     pub at: SystemTime,
     pub trigger: String,
     /// rolled, unchanged or failed.
@@ -28,6 +33,12 @@ pub struct Snapshot<'a> {
     pub stopping: bool,
     pub children: &'a [ChildView],
     pub last_update: Option<&'a UpdateRecord>,
+    /// Updates that rolled to a new child.
+    pub rollouts: u64,
+    /// Interval updates are skipped (`POST /pause`).
+    pub paused: bool,
+    /// When each child (by generation) was started.
+    pub started_at: &'a HashMap<u64, SystemTime>,
     pub config: &'a Value,
 }
 
@@ -49,12 +60,14 @@ pub fn render(s: &Snapshot) -> Value {
                 "id": c.info.id,
                 "state": state,
                 "since": time(c.since),
+                "started_at": s.started_at.get(&c.info.generation).map(|t| time(*t)),
                 "inflight": c.backend.as_ref().map_or(0, |b| b.inflight()),
             })
         })
         .collect();
     let last_update = s.last_update.map(|u| {
         json!({
+            "number": u.number,
             "at": time(u.at),
             "trigger": u.trigger,
             "result": u.result,
@@ -64,11 +77,14 @@ pub fn render(s: &Snapshot) -> Value {
         })
     });
     json!({
+        "pid": std::process::id(),
         "current_id": current.map(|c| c.info.id.clone()),
         "ready": !s.stopping && current.is_some(),
+        "paused": s.paused,
         "phase": s.phase,
         "children": children,
         "last_update": last_update,
+        "rollouts": s.rollouts,
         "config": s.config,
     })
 }
@@ -77,13 +93,20 @@ fn time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The configuration in effect, as `/status` shows it.
+/// The configuration in effect, as `/status` shows it: the commands as
+/// `--status-commands` says, the admin token never.
 pub fn effective_config(c: &Config) -> Value {
     let d = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    let command = |cmd: &str| match c.status_commands {
+        StatusCommands::Full => Value::from(cmd),
+        StatusCommands::Redacted => Value::from(redact(cmd)),
+        StatusCommands::Hidden => Value::from("(hidden: --status-commands hidden)"),
+    };
     json!({
-        "pull": c.pull,
-        "id": c.id,
-        "exec": c.exec,
+        "pull": command(&c.pull),
+        "id": command(&c.id),
+        "exec": command(&c.exec),
+        "stop": c.stop.as_deref().map(command),
         "interval": d(c.interval),
         "healthcheck": c.healthcheck,
         "health_timeout": d(c.health_timeout),
@@ -97,9 +120,60 @@ pub fn effective_config(c: &Config) -> Value {
         "max_held": c.max_held,
         "shutdown_delay": d(c.shutdown_delay),
         "admin_listen": c.admin_listen.map(|a| a.to_string()),
+        "ready_listen": c.ready_listen.map(|a| a.to_string()),
+        "admin_token": c.admin_token.is_some(),
+        "status_commands": format!("{:?}", c.status_commands).to_lowercase(),
         "access_log": c.access_log,
         "listen": c.listen_addr().to_string(),
         "child_ports": c.child_ports(),
         "conf": c.conf,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn config(extra: &[&str]) -> Config {
+        let mut args = vec![
+            "liveroll",
+            "--pull",
+            "docker login -u ci -p hunter2 ghcr.io && docker pull ghcr.io/x/app",
+            "--id",
+            "curl -fsS -H 'Authorization: Bearer tok123' https://api.example.com/v",
+            "--exec",
+            "DB_PASSWORD=pw456 exec app --port <<PORT>>",
+            "--stop",
+            "curl -u admin:pw789 https://ctl.example.com/stop/<<PORT>>",
+            "--admin-token",
+            "admintok",
+        ];
+        args.extend_from_slice(extra);
+        Config::try_parse_from(args).unwrap()
+    }
+
+    #[test]
+    fn the_configuration_shows_no_secret() {
+        let shown = effective_config(&config(&[])).to_string();
+        for secret in ["hunter2", "tok123", "pw456", "pw789", "admintok"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        let shown = effective_config(&config(&[]));
+        assert_eq!(shown["exec"], "DB_PASSWORD=*** exec app --port <<PORT>>");
+        assert_eq!(shown["admin_token"], true);
+        assert_eq!(shown["status_commands"], "redacted");
+
+        let full = effective_config(&config(&["--status-commands", "full"]));
+        assert_eq!(
+            full["stop"],
+            "curl -u admin:pw789 https://ctl.example.com/stop/<<PORT>>"
+        );
+        assert!(!full.to_string().contains("admintok"));
+
+        let hidden = effective_config(&config(&["--status-commands", "hidden"])).to_string();
+        for secret in ["hunter2", "tok123", "pw456", "pw789", "ghcr.io", "admintok"] {
+            assert!(!hidden.contains(secret), "{secret} in {hidden}");
+        }
+    }
 }
