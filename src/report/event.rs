@@ -9,6 +9,7 @@ use std::time::Duration;
 use log::Level;
 
 use crate::process::command::CommandError;
+use crate::update::control::{Answer, Command};
 use crate::update::error::UpdateError;
 use crate::update::slots::ChildInfo;
 use crate::update::trigger::{Reason, Trigger};
@@ -164,6 +165,15 @@ pub enum Event {
     AdminFailed {
         error: String,
     },
+    /// An interval update skipped: automatic updates are paused.
+    SkippedPaused {
+        trigger: Reason,
+    },
+    /// An operator's command (admin POST, `liveroll ctl`) and its answer.
+    Command {
+        command: Command,
+        answer: Answer,
+    },
     Fatal {
         error: String,
     },
@@ -303,6 +313,23 @@ impl Event {
             Stopped { took } => (Info, format!("event=stopped took_ms={}", took.as_millis())),
             StateFailed { error } => (Error, format!("event=state_failed error={error:?}")),
             AdminFailed { error } => (Error, format!("event=admin_failed error={error:?}")),
+            SkippedPaused { trigger } => (
+                Debug,
+                format!("event=skipped trigger={trigger} reason=paused"),
+            ),
+            Command { command, answer } => match answer {
+                Ok(text) => (
+                    Info,
+                    format!("event=command command={} result=ok answer={text:?}", command.as_str()),
+                ),
+                Err(error) => (
+                    Warn,
+                    format!(
+                        "event=command command={} result=refused error={error:?}",
+                        command.as_str()
+                    ),
+                ),
+            },
             Fatal { error } => (Error, format!("event=fatal error={error:?}")),
         }
     }
@@ -750,6 +777,37 @@ mod tests {
             error: "bad \"fd\"".into(),
         };
         assert_eq!(line(e), "ERROR event=admin_failed error=\"bad \\\"fd\\\"\"");
+    }
+
+    #[test]
+    fn skipped_paused() {
+        let e = Event::SkippedPaused {
+            trigger: Reason::Interval,
+        };
+        assert_eq!(
+            line(e),
+            "DEBUG event=skipped trigger=interval reason=paused"
+        );
+    }
+
+    #[test]
+    fn command() {
+        let e = Event::Command {
+            command: Command::Pause,
+            answer: Ok("paused".into()),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=command command=pause result=ok answer=\"paused\""
+        );
+        let e = Event::Command {
+            command: Command::Rollback,
+            answer: Err("no previous child".into()),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=command command=rollback result=refused error=\"no previous child\""
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! into its log line, its metrics, its part of `/status` and its systemd
 //! message, here and nowhere else.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -13,6 +14,7 @@ use super::metrics::{self, METRICS};
 use super::notify;
 use super::status::{self, UpdateRecord};
 use crate::config::Config;
+use crate::update::control::Command;
 use crate::update::slots::{self, ChildInfo, ChildView};
 
 pub struct Reporter {
@@ -30,6 +32,13 @@ struct State {
     /// READY=1 was sent: startup is over.
     ready_sent: bool,
     last_update: Option<UpdateRecord>,
+    /// Updates started so far: the number of the last one.
+    updates: u64,
+    /// Updates that rolled to a new child.
+    rollouts: u64,
+    paused: bool,
+    /// When each child (by generation) was started, until it is gone.
+    started_at: HashMap<u64, SystemTime>,
 }
 
 impl Reporter {
@@ -46,10 +55,19 @@ impl Reporter {
         log::log!(level, "{line}");
         let mut state = self.state.lock().unwrap();
         match event {
+            Event::UpdateStarted { .. } => state.updates += 1,
             Event::Pulling { trigger } => state.phase(format!("pulling (trigger={trigger})")),
             Event::Spawned { child, .. } => {
+                state.started_at.insert(child.generation, SystemTime::now());
                 state.phase(format!("starting id={} port={}", child.id, child.port))
             }
+            Event::Terminated { child, .. } => {
+                state.started_at.remove(&child.generation);
+            }
+            Event::Command {
+                command: command @ (Command::Pause | Command::Resume),
+                answer: Ok(_),
+            } => state.paused = command == Command::Pause,
             // systemd: startup is done once the first child serves.
             Event::Published { child } if !state.ready_sent => state.ready(serving(Some(&child))),
             Event::Draining { child, .. } => {
@@ -72,6 +90,7 @@ impl Reporter {
                     }
                     Outcome::Rolled(took) => {
                         METRICS.rollout(metrics::Rollout::Rolled(*took));
+                        state.rollouts += 1;
                         ("rolled", None)
                     }
                     Outcome::Failed(e) => {
@@ -80,6 +99,7 @@ impl Reporter {
                     }
                 };
                 state.last_update = Some(UpdateRecord {
+                    number: state.updates,
                     at: SystemTime::now(),
                     trigger: trigger.reason.to_string(),
                     result,
@@ -115,6 +135,11 @@ impl Reporter {
             && slots::current(self.children.borrow().iter()).is_some()
     }
 
+    /// How many updates have started: the next one gets this plus one.
+    pub fn updates_started(&self) -> u64 {
+        self.state.lock().unwrap().updates
+    }
+
     /// The ID of the current child.
     pub fn current_id(&self) -> Option<String> {
         slots::current(self.children.borrow().iter()).map(|c| c.info.id.clone())
@@ -129,6 +154,9 @@ impl Reporter {
             stopping: state.stopping,
             children: &children,
             last_update: state.last_update.as_ref(),
+            rollouts: state.rollouts,
+            paused: state.paused,
+            started_at: &state.started_at,
             config: &self.config,
         })
     }
