@@ -94,7 +94,9 @@ mod tests {
         let (control, mut requests) = Control::channel();
         let engine = tokio::spawn(async move {
             let request = requests.recv().await.unwrap();
-            let _ = request.reply.send(Ok(format!("did {}", request.command.as_str())));
+            let _ = request
+                .reply
+                .send(Ok(format!("did {}", request.command.as_str())));
         });
         assert_eq!(control.send(Command::Pause).await, Ok("did pause".into()));
         engine.await.unwrap();

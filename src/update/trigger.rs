@@ -157,8 +157,14 @@ mod tests {
         assert_eq!(merged(&[Admin, Sighup]), t(Admin, true, true));
         // A replacement is not hidden behind an interval tick that was
         // pending: a paused liveroll skips interval updates, not these.
-        assert_eq!(merged(&[Interval, ChildExited]), t(ChildExited, false, false));
-        assert_eq!(merged(&[Interval, Unhealthy, Interval]), t(Unhealthy, false, false));
+        assert_eq!(
+            merged(&[Interval, ChildExited]),
+            t(ChildExited, false, false)
+        );
+        assert_eq!(
+            merged(&[Interval, Unhealthy, Interval]),
+            t(Unhealthy, false, false)
+        );
     }
 
     #[tokio::test]
