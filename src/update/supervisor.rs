@@ -12,6 +12,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
+use super::control::{Answer, Command, Control, Request};
 use super::flow::{Engine, Parts};
 use super::monitor;
 use super::slots::{ChildView, Slots};
@@ -20,11 +21,12 @@ use super::trigger::{Reason, Triggers};
 use crate::config::Config;
 use crate::process::child::Child;
 use crate::process::reaper;
+use crate::report::admin::{self, Listeners, Scope};
 use crate::report::event::Event;
+use crate::report::notify;
 use crate::report::reporter::Reporter;
-use crate::report::{admin, notify};
 use crate::serve::backends::BackendSet;
-use crate::signals::{self, StopSender};
+use crate::signals::{self, Stop, StopSender};
 
 pub struct Supervisor {
     config: Arc<Config>,
@@ -36,7 +38,10 @@ pub struct Supervisor {
     slots: std::sync::Mutex<Option<(Slots<Child>, StateFile)>>,
     children: watch::Receiver<Arc<[ChildView]>>,
     /// Bound in `main` so a taken port fails before anything starts.
-    admin: std::sync::Mutex<Option<std::net::TcpListener>>,
+    listeners: std::sync::Mutex<Listeners>,
+    /// Operator commands: the admin listener sends, the loop answers.
+    control: Control,
+    requests: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
     /// Set by a stop signal; Pingora's shutdown follows from it.
     stop: Arc<StopSender>,
     /// Told once every child is gone, so `main` can exit without waiting out
@@ -49,12 +54,13 @@ impl Supervisor {
         config: Arc<Config>,
         backends: Arc<BackendSet>,
         state: StateFile,
-        admin: Option<std::net::TcpListener>,
+        listeners: Listeners,
         stop: StopSender,
         finished: Sender<()>,
     ) -> Self {
         let slots = Slots::new(config.child_ports());
         let children = slots.watch();
+        let (control, requests) = Control::channel();
         Supervisor {
             reporter: Arc::new(Reporter::new(&config, children.clone())),
             config,
@@ -62,7 +68,9 @@ impl Supervisor {
             triggers: Arc::new(Triggers::new()),
             slots: std::sync::Mutex::new(Some((slots, state))),
             children,
-            admin: std::sync::Mutex::new(admin),
+            listeners: std::sync::Mutex::new(listeners),
+            control,
+            requests: std::sync::Mutex::new(Some(requests)),
             stop: Arc::new(stop),
             finished,
         }
@@ -91,14 +99,22 @@ impl Supervisor {
             self.triggers.clone(),
             self.reporter.clone(),
         ));
-        if let Some(listener) = self.admin.lock().unwrap().take() {
+        let listeners = std::mem::take(&mut *self.listeners.lock().unwrap());
+        for (scope, listener) in [
+            (Scope::Admin, listeners.admin),
+            (Scope::Ready, listeners.ready),
+        ] {
+            let Some(listener) = listener else { continue };
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tokio::spawn(admin::serve(
-                        listener,
-                        self.reporter.clone(),
-                        self.backends.clone(),
-                    ));
+                    let handler = admin::Handler {
+                        scope,
+                        reporter: self.reporter.clone(),
+                        backends: self.backends.clone(),
+                        control: self.control.clone(),
+                        token: self.config.admin_token.clone(),
+                    };
+                    tokio::spawn(admin::serve(listener, Arc::new(handler)));
                 }
                 Err(e) => self.reporter.emit(Event::AdminFailed {
                     error: e.to_string(),
@@ -130,6 +146,7 @@ async fn until_shutdown<T>(
 enum Work {
     Exited(u64),
     Update(super::trigger::Trigger),
+    Command(Request),
 }
 
 impl Supervisor {
@@ -138,23 +155,33 @@ impl Supervisor {
         std::process::exit(1);
     }
 
-    /// Runs updates and handles exits, one at a time, until shutdown.
+    /// Runs updates and handles exits and operator commands, one at a
+    /// time, until shutdown.
     async fn serve(
         &self,
         engine: &mut Engine,
         exits: &mut mpsc::UnboundedReceiver<u64>,
+        requests: &mut mpsc::UnboundedReceiver<Request>,
         shutdown: &mut ShutdownWatch,
     ) {
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
+        // Interval updates are skipped while paused.
+        let mut paused = false;
+        // Commands that came during an update and need the engine.
+        let mut deferred: Vec<Request> = Vec::new();
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
             // before the update it triggers runs. Automatic updates wait out
-            // the back-off; a reload does not.
+            // the back-off; a forced one does not.
             let hold_until = engine.backoff_until();
             let next = async {
+                if !deferred.is_empty() {
+                    return Work::Command(deferred.remove(0));
+                }
                 tokio::select! {
                     biased;
                     Some(generation) = exits.recv() => Work::Exited(generation),
+                    Some(request) = requests.recv() => Work::Command(request),
                     trigger = self.triggers.next(hold_until) => Work::Update(trigger),
                 }
             };
@@ -167,14 +194,92 @@ impl Supervisor {
                 Work::Exited(generation) => {
                     until_shutdown(engine.child_exited(generation), shutdown, &mut watchdog).await
                 }
+                Work::Update(trigger) if paused && trigger.reason == Reason::Interval => {
+                    self.reporter.emit(Event::SkippedPaused {
+                        trigger: trigger.reason,
+                    });
+                    Some(())
+                }
                 Work::Update(trigger) => {
-                    until_shutdown(engine.run(trigger), shutdown, &mut watchdog).await
+                    // Commands that need no engine are answered meanwhile:
+                    // a pause must not wait for a five-minute pull.
+                    let meanwhile = async {
+                        while let Some(request) = requests.recv().await {
+                            match self.answer_now(request.command, &mut paused) {
+                                Some(answer) => self.reply(request, answer),
+                                None => deferred.push(request),
+                            }
+                        }
+                        std::future::pending().await
+                    };
+                    let update = async {
+                        tokio::select! {
+                            biased;
+                            () = engine.run(trigger) => {}
+                            () = meanwhile => {}
+                        }
+                    };
+                    until_shutdown(update, shutdown, &mut watchdog).await
+                }
+                Work::Command(request) => {
+                    let answer = self.command(engine, request.command, &mut paused).await;
+                    self.reply(request, answer);
+                    Some(())
                 }
             };
             if done.is_none() {
                 return;
             }
         }
+    }
+
+    /// Runs an operator's command between updates.
+    async fn command(&self, _engine: &mut Engine, command: Command, paused: &mut bool) -> Answer {
+        if let Some(answer) = self.answer_now(command, paused) {
+            return answer;
+        }
+        match command {
+            Command::Rollback | Command::Promote => Err("not available yet".into()),
+            Command::Pause | Command::Resume | Command::Rollover => unreachable!("answered now"),
+        }
+    }
+
+    /// The commands that need no engine, answered even during an update;
+    /// `None` for the others.
+    fn answer_now(&self, command: Command, paused: &mut bool) -> Option<Answer> {
+        Some(match command {
+            Command::Pause if *paused => Ok("already paused".into()),
+            Command::Pause => {
+                *paused = true;
+                Ok("paused: interval updates are skipped until resume; a crashed child is still replaced, and rollover still works".into())
+            }
+            Command::Resume if !*paused => Ok("not paused".into()),
+            Command::Resume => {
+                *paused = false;
+                Ok("resumed: interval updates run again".into())
+            }
+            Command::Rollover if *self.stop.borrow() != Stop::Running => {
+                Err("liveroll is stopping".into())
+            }
+            Command::Rollover => {
+                self.triggers.request(Reason::Admin);
+                // Commands are answered between updates or while one runs,
+                // never between its start and its number: the next update
+                // to start carries this request.
+                let number = self.reporter.updates_started() + 1;
+                Ok(format!("rollover requested: update {number}"))
+            }
+            Command::Rollback | Command::Promote => return None,
+        })
+    }
+
+    /// Logs a command's answer and sends it back.
+    fn reply(&self, request: Request, answer: Answer) {
+        self.reporter.emit(Event::Command {
+            command: request.command,
+            answer: answer.clone(),
+        });
+        let _ = request.reply.send(answer);
     }
 
     /// Requests waiting for a child get their 503 now, requests in flight
@@ -212,6 +317,7 @@ impl BackgroundService for Supervisor {
         self.spawn_helpers();
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
+        let mut requests = self.requests.lock().unwrap().take().expect("started once");
         let (slots, state) = self.slots.lock().unwrap().take().expect("started once");
         let parts = Parts {
             config: self.config.clone(),
@@ -225,8 +331,11 @@ impl BackgroundService for Supervisor {
         let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
         if recovered.is_some() {
             self.triggers.request(Reason::Startup);
-            self.serve(&mut engine, &mut exits, &mut shutdown).await;
+            self.serve(&mut engine, &mut exits, &mut requests, &mut shutdown)
+                .await;
         }
+        // Commands sent from now on are answered "liveroll is shutting down".
+        drop(requests);
         self.shut_down(&mut engine).await;
         let _ = self.finished.send(());
     }
