@@ -18,7 +18,8 @@ use clap::{CommandFactory, Parser};
     version,
     about,
     max_term_width = 100,
-    args_override_self = true
+    args_override_self = true,
+    after_help = "To control a running liveroll (status, rollover, pause, ...): liveroll ctl --help"
 )]
 pub struct Config {
     /// Command that fetches the new artifact (run with `sh -c`).

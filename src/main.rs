@@ -18,6 +18,10 @@ use liveroll::{server_conf, signals};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `liveroll ctl ...` talks to a running liveroll; it has flags of its own.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        exit(liveroll::ctl::main(std::env::args_os().skip(1)));
+    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
     )
