@@ -61,6 +61,15 @@ fn status(admin: u16) -> Value {
     serde_json::from_str(&r.body).unwrap()
 }
 
+/// Waits until `/status` shows update `number` as the last one finished
+/// (a child may serve a moment before its update has reported its end).
+fn wait_update(admin: u16, number: u64) -> Value {
+    wait_for(&format!("update {number} in /status"), || {
+        let status = status(admin);
+        (status["last_update"]["number"] == number).then_some(status)
+    })
+}
+
 /// `liveroll ctl ARGS`: exit status, stdout, stderr.
 fn ctl(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(LIVEROLL)
@@ -294,10 +303,12 @@ fn status_shows_the_commands_without_their_secrets() {
 fn pause_skips_interval_updates_but_not_replacements_and_resume_ends_it() {
     let scratch = Scratch::new();
     let (admin, admin_addr) = admin_address();
-    // While the file `hold` exists, --pull waits: an update in progress.
+    // While the file `hold` exists, --pull waits (an update in progress),
+    // and says so by creating `held`.
     let pull = format!(
-        "while [ -e {} ]; do sleep 0.02; done",
-        scratch.path("hold").display()
+        "if [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi",
+        hold = scratch.path("hold").display(),
+        held = scratch.path("held").display(),
     );
     let liveroll = Liveroll::start(
         &scratch,
@@ -318,9 +329,9 @@ fn pause_skips_interval_updates_but_not_replacements_and_resume_ends_it() {
     // A pause is answered while an update is under way (its --pull waits
     // here), not after it.
     scratch.write("hold", "");
-    // A pull logged from now on found the file.
-    let pulls = liveroll.log().matches("event=pull").count();
-    liveroll.wait_log("event=pull", pulls + 1);
+    wait_for("an update to wait in its --pull", || {
+        scratch.path("held").exists().then_some(())
+    });
     let paused = post("/pause");
     assert_eq!(paused.status, 200, "{}", paused.body);
     assert!(paused.body.starts_with("paused"), "{}", paused.body);
@@ -361,8 +372,7 @@ fn rollover_over_post_and_ctl_rollover_wait() {
     let (admin, admin_addr) = admin_address();
     let liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr]);
     let first = liveroll.wait_version("v1");
-    let before = status(admin);
-    assert_eq!(before["last_update"]["number"], 1, "{before:#}");
+    let before = wait_update(admin, 1);
     assert_eq!(before["last_update"]["trigger"], "startup");
     assert_eq!(before["rollouts"], 1);
     let started_at = before["children"][0]["started_at"].clone();
@@ -380,10 +390,7 @@ fn rollover_over_post_and_ctl_rollover_wait() {
     let second = liveroll.wait_pid_change(first);
     // Forced: the same ID, a new child.
     liveroll.wait_log("event=rolled trigger=admin id=v1", 1);
-    wait_for("update 2 in /status", || {
-        (status(admin)["last_update"]["number"] == 2).then_some(())
-    });
-    let after = status(admin);
+    let after = wait_update(admin, 2);
     assert_eq!(after["last_update"]["trigger"], "admin");
     assert_eq!(after["last_update"]["result"], "rolled");
     assert_eq!(after["rollouts"], 2);
@@ -450,6 +457,7 @@ fn ctl_wait_exits_1_on_a_failed_update_2_on_timeout_3_when_unreachable() {
     let pull = format!("test ! -e {}", fail.display());
     let liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr, "--pull", &pull]);
     liveroll.wait_version("v1");
+    wait_update(admin, 1);
 
     // Nothing happens (a 1-hour interval): the wait times out.
     let (code, _, err) = ctl(&["wait", "--timeout", "300ms", "--admin", &admin_addr]);
