@@ -97,6 +97,53 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_HEALTHY_THRESHOLD", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub healthy_threshold: u32,
 
+    /// After a new child is published, keep the previous one warm (out of
+    /// rotation) this long and roll back to it if the new one breaks a rule
+    /// (0s: retire the previous child at once).
+    #[arg(long, env = "LIVEROLL_BAKE", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub bake: Duration,
+
+    /// Roll back when more than this share (percent) of the new child's
+    /// requests are 5xx or upstream errors, and more than the previous child's.
+    #[arg(long, env = "LIVEROLL_ROLLBACK_ERROR_RATE", default_value = "5", value_parser = parse_percent, value_name = "PERCENT")]
+    pub rollback_error_rate: f64,
+
+    /// Requests a new child must have answered before the error and
+    /// latency rules judge it.
+    #[arg(
+        long,
+        env = "LIVEROLL_ROLLBACK_MIN_REQUESTS",
+        default_value_t = 20,
+        value_name = "N"
+    )]
+    pub rollback_min_requests: u64,
+
+    /// Roll back when the new child's p99 time to the response header is
+    /// more than this many times the previous child's (0 turns the rule off).
+    #[arg(
+        long,
+        env = "LIVEROLL_ROLLBACK_LATENCY_FACTOR",
+        default_value = "3",
+        value_name = "FACTOR"
+    )]
+    pub rollback_latency_factor: f64,
+
+    /// During the bake window, send only this share (percent) of clients to
+    /// the new child (0: all of them).
+    #[arg(long, env = "LIVEROLL_CANARY", default_value = "0", value_parser = parse_percent, value_name = "PERCENT")]
+    pub canary: f64,
+
+    /// How a client stays on its side of a canary: a cookie the proxy sets,
+    /// or a hash of its address.
+    #[arg(
+        long,
+        env = "LIVEROLL_CANARY_BY",
+        value_enum,
+        default_value = "cookie",
+        value_name = "HOW"
+    )]
+    pub canary_by: crate::serve::canary::By,
+
     /// After a stop signal, keep serving this long with /ready at 503 so a
     /// load balancer in front stops sending first.
     #[arg(long, env = "LIVEROLL_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_duration, value_name = "DURATION")]
@@ -256,6 +303,12 @@ impl Config {
                     .into(),
             );
         }
+        if self.rollback_latency_factor < 0.0 || !self.rollback_latency_factor.is_finite() {
+            return Err((
+                ErrorKind::InvalidValue,
+                "--rollback-latency-factor must be 0 or more".into(),
+            ));
+        }
         for (flag, value) in [
             ("--interval", self.interval),
             ("--health-timeout", self.health_timeout),
@@ -343,6 +396,15 @@ impl Config {
 /// Durations as the seed takes them: a number and a unit (`500ms`, `10s`, `1m`, `1h`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m)"))
+}
+
+/// A percentage, `5` or `5%`, from 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let text = s.trim().trim_end_matches('%');
+    match text.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("'{s}' is not a percentage from 0 to 100")),
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

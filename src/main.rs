@@ -105,6 +105,7 @@ fn proxy_service(
         hold_timeout: config.hold_timeout,
         max_held: config.max_held,
         access_log: config.access_log,
+        canary_by: config.canary_by,
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

@@ -104,11 +104,14 @@ fn recipe(docker: &Docker, image: &str, ports: &Ports, extra: &[&str]) -> Vec<St
         "/healthz".into(),
         "--health-timeout".into(),
         "30s".into(),
-        // The tests' own: loopback only, and updates when the test says.
+        // The tests' own: loopback only, updates when the test says, and
+        // the previous container goes at once (no bake window).
         "--bind".into(),
         "127.0.0.1".into(),
         "--interval".into(),
         "1h".into(),
+        "--bake".into(),
+        "0s".into(),
     ]
     .into();
     args.extend(extra.iter().map(|s| s.to_string()));

@@ -9,6 +9,7 @@ use std::time::Duration;
 use log::Level;
 
 use crate::process::command::CommandError;
+use crate::update::bake::{Evidence, Rule};
 use crate::update::control::{Answer, Command};
 use crate::update::error::UpdateError;
 use crate::update::slots::ChildInfo;
@@ -21,7 +22,44 @@ pub enum Outcome {
     Unchanged,
     /// A new child serves; how long that took from the trigger.
     Rolled(Duration),
+    /// `--id` printed this ID, which was rolled back from: it stays
+    /// quarantined until `--id` prints another one; only a forced update
+    /// starts it.
+    Quarantined(String),
     Failed(UpdateError),
+}
+
+/// Why no update ran for a trigger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipWhy {
+    /// A stop signal came.
+    Stopping,
+    /// Automatic updates are paused (`liveroll ctl pause`).
+    Paused,
+}
+
+/// Why a bake window ended with the new child kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Promotion {
+    /// The window passed without a breach.
+    Passed,
+    /// `liveroll ctl promote` (or `POST /promote`).
+    Operator,
+    /// Another update started: the baking child is the one to compare with.
+    Superseded,
+    /// The previous child exited: there is nothing to roll back to.
+    PreviousExited,
+}
+
+impl Promotion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Promotion::Passed => "passed",
+            Promotion::Operator => "operator",
+            Promotion::Superseded => "superseded",
+            Promotion::PreviousExited => "previous-exited",
+        }
+    }
 }
 
 /// Why `--stop` ran.
@@ -63,9 +101,10 @@ pub enum SignalAction {
 
 #[derive(Debug)]
 pub enum Event {
-    /// A trigger arrived while stopping: nothing starts.
+    /// A trigger arrived while stopping or paused: nothing starts.
     Skipped {
         trigger: Reason,
+        why: SkipWhy,
     },
     UpdateStarted {
         trigger: Trigger,
@@ -131,6 +170,34 @@ pub enum Event {
         child: ChildInfo,
         running: bool,
     },
+    /// A new child serves; the previous one is kept warm for `window` and
+    /// comes back if the new one breaks a rule.
+    BakeStarted {
+        new: ChildInfo,
+        previous: ChildInfo,
+        window: Duration,
+        /// The share of clients on the new child, if a canary runs.
+        canary: Option<f64>,
+    },
+    /// The bake window ended with the new child kept.
+    Promoted {
+        new: ChildInfo,
+        previous: ChildInfo,
+        why: Promotion,
+    },
+    /// The new child broke `rule`: the previous one serves again, at once,
+    /// and the new one is drained and stopped.
+    RolledBack {
+        rule: Rule,
+        new: ChildInfo,
+        previous: ChildInfo,
+        evidence: Box<Evidence>,
+    },
+    /// An operator command, and what came of it.
+    Control {
+        command: Command,
+        answer: Answer,
+    },
     UpdateDone {
         trigger: Trigger,
         outcome: Outcome,
@@ -165,15 +232,6 @@ pub enum Event {
     AdminFailed {
         error: String,
     },
-    /// An interval update skipped: automatic updates are paused.
-    SkippedPaused {
-        trigger: Reason,
-    },
-    /// An operator's command (admin POST, `liveroll ctl`) and its answer.
-    Command {
-        command: Command,
-        answer: Answer,
-    },
     Fatal {
         error: String,
     },
@@ -185,10 +243,16 @@ impl Event {
         use Event::*;
         use Level::{Debug, Error, Info, Warn};
         match self {
-            Skipped { trigger } => (
-                Debug,
-                format!("event=skipped trigger={trigger} reason=stopping"),
-            ),
+            Skipped { trigger, why } => {
+                let why = match why {
+                    SkipWhy::Stopping => "stopping",
+                    SkipWhy::Paused => "paused",
+                };
+                (
+                    Debug,
+                    format!("event=skipped trigger={trigger} reason={why}"),
+                )
+            }
             UpdateStarted { trigger } => (
                 Debug,
                 format!("event=update trigger={} forced={}", trigger.reason, trigger.forced),
@@ -276,6 +340,59 @@ impl Event {
                     fields(child)
                 ),
             ),
+            BakeStarted {
+                new,
+                previous,
+                window,
+                canary,
+            } => {
+                let canary = canary.map_or("off".into(), |p| format!("{p}%"));
+                (
+                    Info,
+                    format!(
+                        "event=bake id={} previous_id={} window={} canary={canary}",
+                        new.id,
+                        previous.id,
+                        humantime::format_duration(*window)
+                    ),
+                )
+            }
+            Promoted { new, previous, why } => (
+                Info,
+                format!(
+                    "event=promoted id={} previous_id={} reason={}",
+                    new.id,
+                    previous.id,
+                    why.as_str()
+                ),
+            ),
+            RolledBack {
+                rule,
+                new,
+                previous,
+                evidence,
+            } => (
+                Warn,
+                format!(
+                    "event=rolled-back rule={} id={} previous_id={} {evidence}",
+                    rule.as_str(),
+                    new.id,
+                    previous.id
+                ),
+            ),
+            Control { command, answer } => {
+                let (result, text) = match answer {
+                    Ok(text) => ("ok", text),
+                    Err(text) => ("refused", text),
+                };
+                (
+                    Info,
+                    format!(
+                        "event=control command={} result={result} message={text:?}",
+                        command.as_str()
+                    ),
+                )
+            }
             UpdateDone {
                 trigger,
                 outcome,
@@ -313,23 +430,6 @@ impl Event {
             Stopped { took } => (Info, format!("event=stopped took_ms={}", took.as_millis())),
             StateFailed { error } => (Error, format!("event=state_failed error={error:?}")),
             AdminFailed { error } => (Error, format!("event=admin_failed error={error:?}")),
-            SkippedPaused { trigger } => (
-                Debug,
-                format!("event=skipped trigger={trigger} reason=paused"),
-            ),
-            Command { command, answer } => match answer {
-                Ok(text) => (
-                    Info,
-                    format!("event=command command={} result=ok answer={text:?}", command.as_str()),
-                ),
-                Err(error) => (
-                    Warn,
-                    format!(
-                        "event=command command={} result=refused error={error:?}",
-                        command.as_str()
-                    ),
-                ),
-            },
             Fatal { error } => (Error, format!("event=fatal error={error:?}")),
         }
     }
@@ -342,6 +442,10 @@ fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) 
         (Outcome::Unchanged, _) => (
             Level::Debug,
             format!("event=unchanged trigger={trigger} id={serving_id}"),
+        ),
+        (Outcome::Quarantined(id), _) => (
+            Level::Info,
+            format!("event=quarantined trigger={trigger} id={id} serving_id={serving_id}"),
         ),
         (Outcome::Rolled(took), Some(c)) => (
             Level::Info,
@@ -437,10 +541,19 @@ mod tests {
     fn skipped() {
         let e = Event::Skipped {
             trigger: Reason::Interval,
+            why: SkipWhy::Stopping,
         };
         assert_eq!(
             line(e),
             "DEBUG event=skipped trigger=interval reason=stopping"
+        );
+        let e = Event::Skipped {
+            trigger: Reason::Interval,
+            why: SkipWhy::Paused,
+        };
+        assert_eq!(
+            line(e),
+            "DEBUG event=skipped trigger=interval reason=paused"
         );
     }
 
@@ -627,6 +740,102 @@ mod tests {
         );
     }
 
+    fn previous() -> ChildInfo {
+        ChildInfo {
+            slot: 0,
+            port: 9101,
+            pid: 4141,
+            id: "v1".into(),
+            generation: 6,
+        }
+    }
+
+    #[test]
+    fn bake_started() {
+        let e = Event::BakeStarted {
+            new: child(),
+            previous: previous(),
+            window: Duration::from_secs(30),
+            canary: Some(10.0),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=bake id=v2 previous_id=v1 window=30s canary=10%"
+        );
+        let e = Event::BakeStarted {
+            new: child(),
+            previous: previous(),
+            window: Duration::from_secs(90),
+            canary: None,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=bake id=v2 previous_id=v1 window=1m 30s canary=off"
+        );
+    }
+
+    #[test]
+    fn promoted() {
+        let e = Event::Promoted {
+            new: child(),
+            previous: previous(),
+            why: Promotion::Passed,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=promoted id=v2 previous_id=v1 reason=passed"
+        );
+    }
+
+    #[test]
+    fn rolled_back() {
+        let e = Event::RolledBack {
+            rule: Rule::ErrorRate,
+            new: child(),
+            previous: previous(),
+            evidence: Box::default(),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=rolled-back rule=error-rate id=v2 previous_id=v1 \
+             new=\"requests=0 errors=0 error_rate=0.0% p99=none\" previous=none"
+        );
+    }
+
+    #[test]
+    fn control() {
+        let e = Event::Control {
+            command: Command::Pause,
+            answer: Ok("automatic updates paused".into()),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=control command=pause result=ok message=\"automatic updates paused\""
+        );
+        let e = Event::Control {
+            command: Command::Promote,
+            answer: Err("no bake window is open".into()),
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=control command=promote result=refused message=\"no bake window is open\""
+        );
+    }
+
+    #[test]
+    fn update_done_quarantined() {
+        let e = Event::UpdateDone {
+            trigger: trigger(Reason::Interval),
+            outcome: Outcome::Quarantined("v2".into()),
+            serving: Some(previous()),
+            took: SECOND,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=quarantined trigger=interval id=v2 serving_id=v1"
+        );
+    }
+
     #[test]
     fn update_done_unchanged() {
         let e = Event::UpdateDone {
@@ -777,37 +986,6 @@ mod tests {
             error: "bad \"fd\"".into(),
         };
         assert_eq!(line(e), "ERROR event=admin_failed error=\"bad \\\"fd\\\"\"");
-    }
-
-    #[test]
-    fn skipped_paused() {
-        let e = Event::SkippedPaused {
-            trigger: Reason::Interval,
-        };
-        assert_eq!(
-            line(e),
-            "DEBUG event=skipped trigger=interval reason=paused"
-        );
-    }
-
-    #[test]
-    fn command() {
-        let e = Event::Command {
-            command: Command::Pause,
-            answer: Ok("paused".into()),
-        };
-        assert_eq!(
-            line(e),
-            "INFO event=command command=pause result=ok answer=\"paused\""
-        );
-        let e = Event::Command {
-            command: Command::Rollback,
-            answer: Err("no previous child".into()),
-        };
-        assert_eq!(
-            line(e),
-            "WARN event=command command=rollback result=refused error=\"no previous child\""
-        );
     }
 
     #[test]

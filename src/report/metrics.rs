@@ -21,8 +21,10 @@ pub struct Metrics {
     responses: [IntCounter; 5],
     retries: IntCounter,
     child_restarts: IntCounter,
-    /// Updates by result: rolled, unchanged, failed.
-    rollouts: [IntCounter; 3],
+    /// Updates by result: rolled, unchanged, failed, quarantined.
+    rollouts: [IntCounter; 4],
+    /// Rollbacks by the rule that was broken.
+    rollbacks: IntCounterVec,
     rollout_duration: Histogram,
     held: IntGauge,
     healthy_backends: IntGauge,
@@ -38,6 +40,7 @@ pub enum Rollout {
     Rolled(Duration),
     Unchanged,
     Failed,
+    Quarantined,
 }
 
 /// Values read at scrape time rather than counted.
@@ -72,8 +75,13 @@ impl Metrics {
                 "liveroll_child_restarts_total",
                 "Serving children that exited on their own.",
             ),
-            rollouts: ["rolled", "unchanged", "failed"]
+            rollouts: ["rolled", "unchanged", "failed", "quarantined"]
                 .map(|result| rollouts.with_label_values(&[result])),
+            rollbacks: family(
+                "liveroll_rollbacks_total",
+                "Bake windows that ended in a rollback, by the rule broken.",
+                "reason",
+            ),
             rollout_duration: Histogram::with_opts(
                 HistogramOpts::new(
                     "liveroll_rollout_duration_seconds",
@@ -99,7 +107,8 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
-        let collectors: [Box<dyn Collector>; 9] = [
+        let collectors: [Box<dyn Collector>; 10] = [
+            Box::new(metrics.rollbacks.clone()),
             Box::new(responses),
             Box::new(rollouts),
             Box::new(metrics.retries.clone()),
@@ -141,8 +150,14 @@ impl Metrics {
             }
             Rollout::Unchanged => &self.rollouts[1],
             Rollout::Failed => &self.rollouts[2],
+            Rollout::Quarantined => &self.rollouts[3],
         };
         counter.inc();
+    }
+
+    /// A rollback because of `rule` (`error-rate`, `latency`, ...).
+    pub fn rollback(&self, rule: &str) {
+        self.rollbacks.with_label_values(&[rule]).inc();
     }
 
     /// The text exposition; `live` carries the gauges read at scrape time.

@@ -32,11 +32,13 @@ struct State {
     /// READY=1 was sent: startup is over.
     ready_sent: bool,
     last_update: Option<UpdateRecord>,
+    bake: Option<status::BakeRecord>,
+    last_rollback: Option<status::RollbackRecord>,
+    paused: bool,
     /// Updates started so far: the number of the last one.
     updates: u64,
     /// Updates that rolled to a new child.
     rollouts: u64,
-    paused: bool,
     /// When each child (by generation) was started, until it is gone.
     started_at: HashMap<u64, SystemTime>,
 }
@@ -64,10 +66,6 @@ impl Reporter {
             Event::Terminated { child, .. } => {
                 state.started_at.remove(&child.generation);
             }
-            Event::Command {
-                command: command @ (Command::Pause | Command::Resume),
-                answer: Ok(_),
-            } => state.paused = command == Command::Pause,
             // systemd: startup is done once the first child serves.
             Event::Published { child } if !state.ready_sent => state.ready(serving(Some(&child))),
             Event::Draining { child, .. } => {
@@ -87,6 +85,10 @@ impl Reporter {
                     Outcome::Unchanged => {
                         METRICS.rollout(metrics::Rollout::Unchanged);
                         ("unchanged", None)
+                    }
+                    Outcome::Quarantined(_) => {
+                        METRICS.rollout(metrics::Rollout::Quarantined);
+                        ("quarantined", None)
                     }
                     Outcome::Rolled(took) => {
                         METRICS.rollout(metrics::Rollout::Rolled(*took));
@@ -114,6 +116,50 @@ impl Reporter {
                     state.phase(serving(now.as_ref()));
                 }
             }
+            Event::BakeStarted {
+                new,
+                previous,
+                window,
+                canary,
+            } => {
+                state.bake = Some(status::BakeRecord {
+                    id: new.id,
+                    previous_id: previous.id,
+                    until: SystemTime::now() + window,
+                    canary,
+                });
+            }
+            Event::Promoted { .. } => state.bake = None,
+            Event::RolledBack {
+                rule,
+                new,
+                previous,
+                evidence,
+            } => {
+                METRICS.rollback(rule.as_str());
+                state.bake = None;
+                state.last_rollback = Some(status::RollbackRecord {
+                    at: SystemTime::now(),
+                    id: new.id.clone(),
+                    previous_id: previous.id.clone(),
+                    rule: rule.as_str(),
+                    evidence: evidence.to_string(),
+                });
+                state.phase(format!(
+                    "rolled back id={} ({}): {}",
+                    new.id,
+                    rule.as_str(),
+                    serving(Some(&previous))
+                ));
+            }
+            Event::Control {
+                command,
+                answer: Ok(_),
+            } => match command {
+                Command::Pause => state.paused = true,
+                Command::Resume => state.paused = false,
+                _ => {}
+            },
             // Before the first READY=1 systemd is still starting the service
             // and takes no reload.
             Event::Signal {
@@ -154,8 +200,10 @@ impl Reporter {
             stopping: state.stopping,
             children: &children,
             last_update: state.last_update.as_ref(),
-            rollouts: state.rollouts,
+            bake: state.bake.as_ref(),
+            last_rollback: state.last_rollback.as_ref(),
             paused: state.paused,
+            rollouts: state.rollouts,
             started_at: &state.started_at,
             config: &self.config,
         })

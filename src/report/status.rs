@@ -27,16 +27,34 @@ pub struct UpdateRecord {
     pub duration_ms: u128,
 }
 
+/// An open bake window.
+pub struct BakeRecord {
+    pub id: String,
+    pub previous_id: String,
+    pub until: SystemTime,
+    pub canary: Option<f64>,
+}
+
+/// The last rollback.
+pub struct RollbackRecord {
+    pub at: SystemTime,
+    pub id: String,
+    pub previous_id: String,
+    pub rule: &'static str,
+    pub evidence: String,
+}
+
 /// Everything `/status` shows, borrowed for one rendering.
 pub struct Snapshot<'a> {
     pub phase: &'a str,
     pub stopping: bool,
     pub children: &'a [ChildView],
     pub last_update: Option<&'a UpdateRecord>,
+    pub bake: Option<&'a BakeRecord>,
+    pub last_rollback: Option<&'a RollbackRecord>,
+    pub paused: bool,
     /// Updates that rolled to a new child.
     pub rollouts: u64,
-    /// Interval updates are skipped (`POST /pause`).
-    pub paused: bool,
     /// When each child (by generation) was started.
     pub started_at: &'a HashMap<u64, SystemTime>,
     pub config: &'a Value,
@@ -76,14 +94,37 @@ pub fn render(s: &Snapshot) -> Value {
             "duration_ms": u.duration_ms,
         })
     });
+    let bake = s.bake.map(|b| {
+        let left = b
+            .until
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        json!({
+            "id": b.id,
+            "previous_id": b.previous_id,
+            "ends_in_ms": left.as_millis(),
+            "canary_percent": b.canary,
+        })
+    });
+    let last_rollback = s.last_rollback.map(|r| {
+        json!({
+            "at": time(r.at),
+            "id": r.id,
+            "previous_id": r.previous_id,
+            "reason": r.rule,
+            "evidence": r.evidence,
+        })
+    });
     json!({
         "pid": std::process::id(),
         "current_id": current.map(|c| c.info.id.clone()),
         "ready": !s.stopping && current.is_some(),
-        "paused": s.paused,
         "phase": s.phase,
+        "paused": s.paused,
         "children": children,
+        "bake": bake,
         "last_update": last_update,
+        "last_rollback": last_rollback,
         "rollouts": s.rollouts,
         "config": s.config,
     })
@@ -119,6 +160,12 @@ pub fn effective_config(c: &Config) -> Value {
         "hold_timeout": d(c.hold_timeout),
         "max_held": c.max_held,
         "shutdown_delay": d(c.shutdown_delay),
+        "bake": d(c.bake),
+        "rollback_error_rate": c.rollback_error_rate,
+        "rollback_min_requests": c.rollback_min_requests,
+        "rollback_latency_factor": c.rollback_latency_factor,
+        "canary": c.canary,
+        "canary_by": format!("{:?}", c.canary_by).to_lowercase(),
         "admin_listen": c.admin_listen.map(|a| a.to_string()),
         "ready_listen": c.ready_listen.map(|a| a.to_string()),
         "admin_token": c.admin_token.is_some(),

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use super::stats::Stats;
+
 /// How often a waiting request looks again even without news: passive
 /// ejections end by the clock, not by a notification.
 const RECHECK: Duration = Duration::from_millis(100);
@@ -43,6 +45,8 @@ pub struct Backend {
     unhealthy: AtomicBool,
     /// Passed over until this time (nanoseconds after [`epoch`]); 0 = never.
     ejected_until: AtomicU64,
+    /// What its requests looked like.
+    pub stats: Stats,
     /// Someone waits for this backend to drain: the last lease wakes them.
     watched: AtomicBool,
     idle: Notify,
@@ -57,6 +61,7 @@ impl Backend {
             live: AtomicBool::new(true),
             unhealthy: AtomicBool::new(false),
             ejected_until: AtomicU64::new(0),
+            stats: Stats::default(),
             watched: AtomicBool::new(false),
             idle: Notify::new(),
         })
@@ -148,9 +153,31 @@ fn now_nanos() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
+/// A canary: while a new child bakes, only `percent` of the clients are
+/// sent to it (the child of `generation`); the others stay on the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Canary {
+    pub generation: u64,
+    pub percent: u8,
+}
+
+/// Which side of a canary a request belongs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Canary,
+    Stable,
+}
+
+/// What the proxy may use: swapped as a whole, read with one load.
+#[derive(Default)]
+struct Published {
+    list: Vec<Arc<Backend>>,
+    canary: Option<Canary>,
+}
+
 #[derive(Default)]
 pub struct BackendSet {
-    list: ArcSwap<Vec<Arc<Backend>>>,
+    published: ArcSwap<Published>,
     cursor: AtomicUsize,
     /// Woken whenever a backend may have become pickable.
     changed: Notify,
@@ -167,13 +194,45 @@ impl BackendSet {
 
     /// Picks the next eligible backend round-robin, or none if none is.
     pub fn select(&self) -> Option<Lease> {
-        let list = self.list.load();
+        self.select_routed(|_| Side::Stable)
+    }
+
+    /// Like [`select`](Self::select), but while a canary runs, `side` says
+    /// which side this request belongs on (it is asked only then): the
+    /// canary child, or the others. A side with nothing eligible falls back
+    /// to the other.
+    pub fn select_routed(&self, side: impl FnOnce(&Canary) -> Side) -> Option<Lease> {
+        let published = self.published.load();
+        let list = &published.list;
         let n = list.len();
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        (0..n)
-            .map(|i| &list[(start + i) % n])
-            .filter(|backend| backend.eligible())
-            .find_map(Self::lease)
+        let pick = |keep: &dyn Fn(&Backend) -> bool| {
+            (0..n)
+                .map(|i| &list[(start + i) % n])
+                .filter(|backend| backend.eligible() && keep(backend))
+                .find_map(Self::lease)
+        };
+        match published.canary {
+            None => pick(&|_| true),
+            Some(canary) => {
+                let on_canary = side(&canary) == Side::Canary;
+                pick(&|b| (b.generation == canary.generation) == on_canary)
+                    .or_else(|| pick(&|_| true))
+            }
+        }
+    }
+
+    /// Starts or ends a canary.
+    pub fn set_canary(&self, canary: Option<Canary>) {
+        self.published.rcu(|p| Published {
+            list: p.list.clone(),
+            canary,
+        });
+    }
+
+    /// The canary running now, if any.
+    pub fn canary(&self) -> Option<Canary> {
+        self.published.load().canary
     }
 
     /// A place among the requests waiting for a backend, unless `max_waiting`
@@ -218,7 +277,12 @@ impl BackendSet {
 
     /// Backends a request could be sent to now.
     pub fn eligible(&self) -> usize {
-        self.list.load().iter().filter(|b| b.eligible()).count()
+        self.published
+            .load()
+            .list
+            .iter()
+            .filter(|b| b.eligible())
+            .count()
     }
 
     async fn wait(&self, deadline: tokio::time::Instant) -> Option<Lease> {
@@ -247,12 +311,20 @@ impl BackendSet {
         backend.live.load(Ordering::SeqCst).then_some(lease)
     }
 
-    /// Adds a backend; new requests may go to it at once.
+    /// Adds a backend, or puts one that was removed back (a rollback to a
+    /// child kept warm); new requests may go to it at once.
     pub fn publish(&self, backend: Arc<Backend>) {
-        self.list.rcu(|list| {
-            let mut next = Vec::clone(list);
-            next.push(backend.clone());
-            next
+        backend.watched.store(false, Ordering::SeqCst);
+        backend.live.store(true, Ordering::SeqCst);
+        self.published.rcu(|p| {
+            let mut list = p.list.clone();
+            if !list.iter().any(|b| Arc::ptr_eq(b, &backend)) {
+                list.push(backend.clone());
+            }
+            Published {
+                list,
+                canary: p.canary,
+            }
         });
         self.changed.notify_waiters();
     }
@@ -275,13 +347,18 @@ impl BackendSet {
     /// continue (see [`Backend::drained`]). Removing twice is harmless.
     pub fn remove(&self, generation: u64) -> Option<Arc<Backend>> {
         let mut removed = None;
-        self.list.rcu(|list| {
-            let (gone, kept): (Vec<_>, Vec<_>) = list
+        self.published.rcu(|p| {
+            let (gone, kept): (Vec<_>, Vec<_>) = p
+                .list
                 .iter()
                 .cloned()
                 .partition(|b| b.generation == generation);
             removed = gone.into_iter().next();
-            kept
+            Published {
+                list: kept,
+                // A canary ends with its child.
+                canary: p.canary.filter(|c| c.generation != generation),
+            }
         });
         if let Some(backend) = &removed {
             backend.live.store(false, Ordering::SeqCst);
@@ -299,7 +376,7 @@ impl BackendSet {
 
     /// The backends new requests may be sent to (health checks, metrics).
     pub fn all(&self) -> Vec<Arc<Backend>> {
-        self.list.load().to_vec()
+        self.published.load().list.to_vec()
     }
 }
 
@@ -417,6 +494,66 @@ mod tests {
         assert!(set.waiter(1).is_none(), "one place only");
         drop(first);
         assert!(set.waiter(1).is_some());
+    }
+
+    #[test]
+    fn a_canary_gets_only_its_side_and_ends_with_its_child() {
+        let set = BackendSet::new();
+        set.publish(Backend::new(addr(1), 1));
+        set.publish(Backend::new(addr(2), 2));
+        set.set_canary(Some(Canary {
+            generation: 2,
+            percent: 10,
+        }));
+        let route = |side| {
+            move |c: &Canary| {
+                assert_eq!(c.percent, 10);
+                side
+            }
+        };
+        for _ in 0..4 {
+            assert_eq!(
+                set.select_routed(route(Side::Canary))
+                    .unwrap()
+                    .backend()
+                    .generation,
+                2
+            );
+            assert_eq!(
+                set.select_routed(route(Side::Stable))
+                    .unwrap()
+                    .backend()
+                    .generation,
+                1
+            );
+        }
+        // A side with nothing eligible falls back to the other.
+        set.set_unhealthy(&set.all()[1], true);
+        assert_eq!(
+            set.select_routed(route(Side::Canary))
+                .unwrap()
+                .backend()
+                .generation,
+            1
+        );
+        set.remove(2);
+        assert_eq!(set.canary(), None);
+    }
+
+    #[test]
+    fn a_removed_backend_can_be_published_again() {
+        let set = BackendSet::new();
+        let backend = Backend::new(addr(1), 1);
+        set.publish(backend.clone());
+        let lease = set.select().unwrap();
+        set.remove(1);
+        assert!(set.select().is_none());
+        set.publish(backend.clone());
+        set.publish(backend.clone());
+        assert_eq!(set.all().len(), 1, "published once");
+        assert_eq!(set.select().unwrap().backend().generation, 1);
+        drop(lease);
+        assert_eq!(backend.inflight(), 0);
     }
 
     #[test]

@@ -3,5 +3,7 @@
 //! it knows children only as addresses the engine publishes.
 
 pub mod backends;
+pub mod canary;
 pub mod forwarded;
 pub mod proxy;
+pub mod stats;

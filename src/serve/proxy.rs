@@ -2,6 +2,7 @@
 //! finds no child waits for one (bounded) instead of failing, and a request
 //! whose child fails is retried on another where that is safe.
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use tokio::time::Instant;
 
 use super::backends::{BackendSet, Lease};
+use super::canary;
 use super::forwarded::forwarded_for;
 use crate::report::metrics::METRICS;
 
@@ -41,16 +43,24 @@ pub struct Settings {
     pub max_held: usize,
     /// Log one line per request (target `access`).
     pub access_log: bool,
+    /// How a client is kept on its side of a canary.
+    pub canary_by: canary::By,
 }
 
 pub struct Proxy {
     backends: Arc<BackendSet>,
     settings: Settings,
+    /// Spreads new clients over the sides of a canary.
+    canary_turn: AtomicUsize,
 }
 
 impl Proxy {
     pub fn new(backends: Arc<BackendSet>, settings: Settings) -> Self {
-        Proxy { backends, settings }
+        Proxy {
+            backends,
+            settings,
+            canary_turn: AtomicUsize::new(0),
+        }
     }
 
     /// The end of this request's waiting, fixed when it first waits.
@@ -68,8 +78,10 @@ pub struct Ctx {
     /// When waiting for a backend must end; set by the first wait, so a
     /// request that never waits never reads the clock for it.
     hold_until: Option<Instant>,
-    /// Set only with the access log on, so it costs nothing otherwise.
-    started: Option<std::time::Instant>,
+    /// When the request arrived: the child's latency figures count from here.
+    started: std::time::Instant,
+    /// A canary runs and this client had no cookie for it yet.
+    set_cookie: Option<String>,
 }
 
 #[async_trait]
@@ -85,7 +97,8 @@ impl ProxyHttp for Proxy {
             lease: None,
             attempts: 0,
             hold_until: None,
-            started: self.settings.access_log.then(std::time::Instant::now),
+            started: std::time::Instant::now(),
+            set_cookie: None,
         }
     }
 
@@ -93,7 +106,21 @@ impl ProxyHttp for Proxy {
     /// the only child died and its replacement is starting). A request
     /// without a body notices its client leaving while it waits.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        ctx.lease = self.backends.select();
+        ctx.lease = self.backends.select_routed(|c| {
+            let client = session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip());
+            let (side, cookie) = canary::side(
+                session.req_header(),
+                client,
+                c,
+                self.settings.canary_by,
+                &self.canary_turn,
+            );
+            ctx.set_cookie = cookie;
+            side
+        });
         if ctx.lease.is_some() {
             return Ok(false);
         }
@@ -158,6 +185,7 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(lease) = ctx.lease.take() {
+            lease.backend().stats.upstream_error();
             self.backends.eject(lease.backend(), EJECT_FOR);
         }
         e.set_retry(ctx.attempts < MAX_ATTEMPTS);
@@ -188,6 +216,7 @@ impl ProxyHttp for Proxy {
         // Only the child's fault counts: a client's broken body is not.
         if let Some(lease) = ctx.lease.take() {
             if *e.esource() == ErrorSource::Upstream {
+                lease.backend().stats.upstream_error();
                 self.backends.eject(lease.backend(), EJECT_FOR);
             }
         }
@@ -234,10 +263,42 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// The child answered: its figures count the status and how long the
+    /// header took (what the bake window judges a new version by).
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(lease) = &ctx.lease {
+            let status = upstream_response.status.as_u16();
+            lease
+                .backend()
+                .stats
+                .response(status, ctx.started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// Keeps a new client on its side of a canary.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(cookie) = ctx.set_cookie.take() {
+            response.append_header("Set-Cookie", cookie)?;
+        }
+        Ok(())
+    }
+
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         METRICS.response(status);
-        if let Some(started) = ctx.started {
+        if self.settings.access_log {
+            let started = ctx.started;
             let req = session.req_header();
             let client = session
                 .client_addr()

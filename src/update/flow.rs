@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::backoff::Backoff;
+use super::bake::{Evidence, Rule, Rules};
+use super::control::{Answer, Command};
 use super::error::UpdateError;
 use super::slots::{ChildInfo, ChildView, Slots, State};
 use super::state::{Saved, SavedChild, StateFile};
@@ -22,9 +24,10 @@ use crate::process::child::{Child, Termination};
 use crate::process::listener::{self, Listening};
 use crate::process::tree::{Ending, Tree};
 use crate::process::{command, probe, procfs};
-use crate::report::event::{Event, Outcome, StopReason};
+use crate::report::event::{Event, Outcome, Promotion, SkipWhy, StopReason};
 use crate::report::reporter::Reporter;
-use crate::serve::backends::{Backend, BackendSet};
+use crate::serve::backends::{Backend, BackendSet, Canary};
+use crate::serve::stats::Snapshot;
 use crate::signals::Stop;
 
 /// What the engine works with besides its own state.
@@ -55,6 +58,75 @@ pub struct Engine {
     /// The ID last started in each slot, for `<<ID>>` when `--stop` runs
     /// for a slot that is empty by then.
     last_ids: [String; 2],
+    /// The new child under judgement, while a bake window is open.
+    bake: Option<Bake>,
+    /// The serving child's figures over the last minutes: the baseline a
+    /// new child is judged against.
+    samples: Samples,
+    /// An ID rolled back from: automatic updates skip it until `--id`
+    /// prints another one.
+    quarantined: Option<String>,
+    /// The ID that served before the current one (a different one), for an
+    /// operator's rollback after the bake window.
+    previous_id: Option<String>,
+    /// Automatic (interval) updates are paused.
+    paused: bool,
+}
+
+/// An open bake window.
+struct Bake {
+    new: usize,
+    previous: usize,
+    until: tokio::time::Instant,
+    /// The previous child's figures over its last minutes before the window.
+    baseline: Option<Snapshot>,
+}
+
+/// How often the figures of the serving child are sampled, and how far back
+/// a baseline reaches.
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+const BASELINE_SPAN: Duration = Duration::from_secs(300);
+/// How often an open bake window is judged.
+const JUDGE_EVERY: Duration = Duration::from_millis(100);
+
+/// Snapshots of one child's figures, oldest first, at most `BASELINE_SPAN` old.
+#[derive(Default)]
+struct Samples {
+    generation: u64,
+    taken: std::collections::VecDeque<(tokio::time::Instant, Snapshot)>,
+}
+
+impl Samples {
+    fn take(&mut self, generation: u64, now: tokio::time::Instant, snapshot: Snapshot) {
+        if generation != self.generation {
+            self.generation = generation;
+            self.taken.clear();
+        }
+        if self
+            .taken
+            .back()
+            .is_some_and(|(at, _)| now - *at < SAMPLE_EVERY)
+        {
+            return;
+        }
+        self.taken.push_back((now, snapshot));
+        while self
+            .taken
+            .front()
+            .is_some_and(|(at, _)| now - *at > BASELINE_SPAN)
+        {
+            self.taken.pop_front();
+        }
+    }
+
+    /// What child `generation` did over the sampled span up to `now`.
+    fn baseline(&self, generation: u64, now: Snapshot) -> Option<Snapshot> {
+        let (_, oldest) = self
+            .taken
+            .front()
+            .filter(|_| self.generation == generation)?;
+        Some(now.since(oldest))
+    }
 }
 
 impl Engine {
@@ -72,7 +144,42 @@ impl Engine {
             backoff: Backoff::default(),
             token: new_token(),
             last_ids: Default::default(),
+            bake: None,
+            samples: Samples::default(),
+            quarantined: None,
+            previous_id: None,
+            paused: false,
         }
+    }
+
+    fn rules(&self) -> Rules {
+        Rules {
+            error_rate: self.config.rollback_error_rate / 100.0,
+            min_requests: self.config.rollback_min_requests,
+            latency_factor: self.config.rollback_latency_factor,
+        }
+    }
+
+    /// When [`tick`](Self::tick) is due next.
+    pub fn next_tick(&self) -> tokio::time::Instant {
+        let every = if self.bake.is_some() {
+            JUDGE_EVERY
+        } else {
+            SAMPLE_EVERY
+        };
+        tokio::time::Instant::now() + every
+    }
+
+    /// Samples the serving child's figures, and judges an open bake window.
+    pub async fn tick(&mut self) {
+        let now = tokio::time::Instant::now();
+        if let Some(current) = self.current_view() {
+            if let Some(backend) = &current.backend {
+                self.samples
+                    .take(current.info.generation, now, backend.stats.snapshot());
+            }
+        }
+        self.judge_bake().await;
     }
 
     /// Until when automatic updates wait because children keep dying.
@@ -86,16 +193,36 @@ impl Engine {
 
     /// Runs one update and reports how it ended.
     pub async fn run(&mut self, trigger: Trigger) {
-        if *self.stop.borrow() != Stop::Running {
+        self.run_to(trigger, None).await;
+    }
+
+    /// Runs one update, to `id` if given (an operator's rollback: no pull,
+    /// no `--id`, no bake), and reports how it ended.
+    async fn run_to(&mut self, trigger: Trigger, id: Option<String>) {
+        let skip = if *self.stop.borrow() != Stop::Running {
             // A stop signal came (--shutdown-delay): start nothing new.
+            Some(SkipWhy::Stopping)
+        } else if self.paused && trigger.reason == Reason::Interval {
+            Some(SkipWhy::Paused)
+        } else {
+            None
+        };
+        if let Some(why) = skip {
             self.emit(Event::Skipped {
                 trigger: trigger.reason,
+                why,
             });
             return;
         }
+        // A breach found now is acted on before anything else.
+        self.judge_bake().await;
         let started = Instant::now();
         self.emit(Event::UpdateStarted { trigger });
-        let outcome = match self.update(trigger, started).await {
+        let result = match id {
+            Some(id) => self.roll_to(&id, started, false).await,
+            None => self.update(trigger, started).await,
+        };
+        let outcome = match result {
             Ok(outcome) => outcome,
             Err(error) => {
                 // A replacement that dies before it is healthy is a crash too;
@@ -131,24 +258,50 @@ impl Engine {
             .and_then(|out| command::parse_id(&out))
             .map_err(UpdateError::Id)?;
 
-        // 2. Not forced and this ID already serves: nothing to do.
+        // 2. Not forced and this ID already serves: nothing to do. Nor for
+        //    an ID rolled back from, while something else serves.
         let serving = self.slots.current().map(|c| c.id.clone());
         let unchanged = !trigger.forced && serving.as_deref() == Some(id.as_str());
         self.emit(Event::IdRead {
             id: id.clone(),
-            serving,
+            serving: serving.clone(),
             forced: trigger.forced,
             unchanged,
         });
         if unchanged {
             return Ok(Outcome::Unchanged);
         }
+        if self.quarantined.as_ref().is_some_and(|q| *q != id) {
+            self.quarantined = None;
+            self.persist();
+        }
+        if !trigger.forced && serving.is_some() && self.quarantined.as_ref() == Some(&id) {
+            return Ok(Outcome::Quarantined(id));
+        }
+        self.roll_to(&id, started, true).await
+    }
 
-        // 3. A free slot: empty, and its port held by nobody else.
+    /// Steps 3 to 7: start a child for `id`, check it, publish it, and bake
+    /// it against the previous one (if `bake` and `--bake` say so) or retire
+    /// the previous one at once.
+    async fn roll_to(
+        &mut self,
+        id: &str,
+        started: Instant,
+        bake: bool,
+    ) -> Result<Outcome, UpdateError> {
+        let c = self.config.clone();
+
+        // 3. A free slot: empty, and its port held by nobody else. A child
+        //    still baking is kept as the one to compare with, and the
+        //    previous one goes.
+        if self.bake.is_some() {
+            self.promote(Promotion::Superseded).await;
+        }
         let slot = self.free_slot().await?;
 
         // 4. Start the new child in its own process group.
-        let child = self.spawn(slot, &id)?;
+        let child = self.spawn(slot, id)?;
 
         // 5. Wait for its health check, and make sure it was the child that
         //    answered; if not, it goes and the old one stays.
@@ -171,6 +324,10 @@ impl Engine {
         });
 
         // 6. Publish it to the proxy; its ID is now the current one.
+        let previous = self.current_view().filter(|p| p.info.slot != slot);
+        if let Some(previous) = previous.as_ref().filter(|p| p.info.id != id) {
+            self.previous_id = Some(previous.info.id.clone());
+        }
         let backend = Backend::new(
             SocketAddr::from((Ipv4Addr::LOCALHOST, child.port)),
             child.generation,
@@ -180,11 +337,230 @@ impl Engine {
         self.emit(Event::Published { child });
         let took = started.elapsed();
 
-        // 7. Retire the previous generation: every other child.
-        for other in self.slots.others(slot) {
-            self.retire(other).await;
+        // 7. Keep the previous generation warm while the new one bakes, or
+        //    retire it at once: every other child.
+        let baking = bake && !c.bake.is_zero();
+        match previous {
+            Some(previous) if baking => self.start_bake(slot, previous),
+            _ => {
+                for other in self.slots.others(slot) {
+                    self.retire(other).await;
+                }
+            }
         }
         Ok(Outcome::Rolled(took))
+    }
+
+    /// The child that serves now, as the record shows it.
+    fn current_view(&self) -> Option<ChildView> {
+        let views = self.views();
+        super::slots::current(&views).cloned()
+    }
+
+    /// Opens a bake window for the child in `new`, with `previous` kept warm.
+    fn start_bake(&mut self, new: usize, previous: ChildView) {
+        let baseline = previous.backend.as_ref().and_then(|b| {
+            self.samples
+                .baseline(previous.info.generation, b.stats.snapshot())
+        });
+        let canary = (self.config.canary > 0.0).then_some(self.config.canary);
+        let new_info = self
+            .slots
+            .get(new)
+            .expect("just published")
+            .view
+            .info
+            .clone();
+        match canary {
+            // The previous child keeps the rest of the clients.
+            Some(percent) => self.backends.set_canary(Some(Canary {
+                generation: new_info.generation,
+                percent: percent.round() as u8,
+            })),
+            None => {
+                self.backends.remove(previous.info.generation);
+                self.slots.set_state(previous.info.slot, State::Warm, None);
+            }
+        }
+        self.bake = Some(Bake {
+            new,
+            previous: previous.info.slot,
+            until: tokio::time::Instant::now() + self.config.bake,
+            baseline,
+        });
+        self.emit(Event::BakeStarted {
+            new: new_info,
+            previous: previous.info,
+            window: self.config.bake,
+            canary,
+        });
+    }
+
+    /// Judges an open bake window: a breach rolls back, a window that
+    /// passed promotes.
+    async fn judge_bake(&mut self) {
+        let Some(bake) = &self.bake else {
+            return;
+        };
+        let Some(backend) = self
+            .slots
+            .get(bake.new)
+            .and_then(|o| o.view.backend.clone())
+        else {
+            return;
+        };
+        let evidence = Evidence {
+            new: backend.stats.snapshot(),
+            previous: bake.baseline,
+        };
+        let rule = if backend.is_unhealthy() {
+            Some(Rule::Unhealthy)
+        } else {
+            self.rules().judge(&evidence)
+        };
+        match rule {
+            Some(rule) => self.roll_back(rule, evidence).await,
+            None if tokio::time::Instant::now() >= bake.until => {
+                self.promote(Promotion::Passed).await
+            }
+            None => {}
+        }
+    }
+
+    /// Ends the bake window keeping the new child: the previous one is retired.
+    async fn promote(&mut self, why: Promotion) {
+        let Some(bake) = self.bake.take() else {
+            return;
+        };
+        self.backends.set_canary(None);
+        let info = |slot: usize| self.slots.get(slot).map(|o| o.view.info.clone());
+        if let (Some(new), Some(previous)) = (info(bake.new), info(bake.previous)) {
+            self.emit(Event::Promoted { new, previous, why });
+        }
+        self.retire(bake.previous).await;
+    }
+
+    /// Ends the bake window going back: the previous child serves again at
+    /// once (it never stopped running), the new one is drained and stopped,
+    /// and its ID is quarantined.
+    async fn roll_back(&mut self, rule: Rule, evidence: Evidence) {
+        let Some(bake) = self.bake.take() else {
+            return;
+        };
+        let (Some(new), Some(previous)) = (self.slots.get(bake.new), self.slots.get(bake.previous))
+        else {
+            return;
+        };
+        let (new, previous) = (new.view.clone(), previous.view.clone());
+        if let Some(backend) = previous.backend.clone() {
+            self.backends.publish(backend);
+        }
+        self.slots.set_state(bake.previous, State::Serving, None);
+        self.backends.set_canary(None);
+        if new.info.id != previous.info.id {
+            self.quarantined = Some(new.info.id.clone());
+            self.previous_id = None;
+        }
+        self.persist();
+        self.emit(Event::RolledBack {
+            rule,
+            new: new.info,
+            previous: previous.info,
+            evidence: Box::new(evidence),
+        });
+        self.retire(bake.new).await;
+    }
+
+    /// An operator's command; the answer says what was done.
+    pub async fn command(&mut self, command: Command) -> Answer {
+        let answer = match command {
+            Command::Pause => {
+                self.paused = true;
+                Ok("automatic updates paused; a crashed child is still replaced".into())
+            }
+            Command::Resume => {
+                self.paused = false;
+                Ok("automatic updates resumed".into())
+            }
+            Command::Rollover if *self.stop.borrow() != Stop::Running => {
+                Err("liveroll is stopping".into())
+            }
+            Command::Rollover => {
+                self.triggers.request(Reason::Admin);
+                // Commands run between updates: the next update to start
+                // carries this request. Its number lets a caller wait for
+                // exactly that one (`liveroll ctl rollover --wait`).
+                let number = self.reporter.updates_started() + 1;
+                Ok(format!("rollover requested: update {number}"))
+            }
+            Command::Promote => match self.bake.is_some() {
+                true => {
+                    self.promote(Promotion::Operator).await;
+                    Ok(self.serving_text("promoted"))
+                }
+                false => Err("no bake window is open".into()),
+            },
+            Command::Rollback => self.operator_rollback().await,
+        };
+        self.emit(Event::Control {
+            command,
+            answer: answer.clone(),
+        });
+        answer
+    }
+
+    /// Back to the child kept warm if a bake window is open, else a new
+    /// child of the previous ID through `<<ID>>`.
+    async fn operator_rollback(&mut self) -> Answer {
+        if self.bake.is_some() {
+            let evidence = self.bake_evidence();
+            self.roll_back(Rule::Operator, evidence).await;
+            return Ok(self.serving_text("rolled back"));
+        }
+        let Some(previous) = self.previous_id.clone() else {
+            return Err("no earlier ID is known to roll back to".into());
+        };
+        if !self.config.exec.contains("<<ID>>") {
+            return Err(format!(
+                "the bake window is over and --exec has no <<ID>>, so {previous} cannot be started"
+            ));
+        }
+        let current = self.slots.current().map(|c| c.id.clone());
+        let trigger = Trigger {
+            reason: Reason::Admin,
+            forced: true,
+            reload: false,
+        };
+        self.run_to(trigger, Some(previous.clone())).await;
+        if self.slots.current().map(|c| c.id.as_str()) != Some(previous.as_str()) {
+            return Err(format!("starting {previous} failed; see the log"));
+        }
+        if let Some(current) = current.filter(|c| *c != previous) {
+            self.quarantined = Some(current);
+            self.persist();
+        }
+        Ok(self.serving_text("rolled back"))
+    }
+
+    fn bake_evidence(&self) -> Evidence {
+        let bake = self.bake.as_ref().expect("a bake window is open");
+        let new = self
+            .slots
+            .get(bake.new)
+            .and_then(|o| o.view.backend.as_ref())
+            .map(|b| b.stats.snapshot())
+            .unwrap_or_default();
+        Evidence {
+            new,
+            previous: bake.baseline,
+        }
+    }
+
+    fn serving_text(&self, done: &str) -> String {
+        match self.slots.current() {
+            Some(c) => format!("{done}: serving id={} port={} pid={}", c.id, c.port, c.pid),
+            None => format!("{done}: no child serving"),
+        }
     }
 
     /// An empty slot whose port is free. A port still held (a container
@@ -374,6 +750,19 @@ impl Engine {
         let Some(slot) = self.slots.find(generation) else {
             return;
         };
+        if let Some(bake) = &self.bake {
+            if slot == bake.new {
+                // The new version crashed while baking: back to the warm one.
+                let evidence = self.bake_evidence();
+                self.roll_back(Rule::Crashed, evidence).await;
+                return;
+            }
+            if slot == bake.previous {
+                // Nothing left to roll back to: the new child is kept.
+                self.promote(Promotion::PreviousExited).await;
+                return;
+            }
+        }
         let occupant = self.slots.get(slot).expect("just found");
         if occupant.view.state != State::Serving {
             return;
@@ -402,6 +791,7 @@ impl Engine {
     /// records it, then runs `--stop` for both slots.
     pub async fn recover(&mut self) {
         let saved = self.state.load().unwrap_or_default();
+        self.quarantined = saved.quarantined;
         for left in saved.children {
             let child = ChildInfo {
                 slot: left.slot,
@@ -483,6 +873,7 @@ impl Engine {
         let saved = Saved {
             owner_pid: std::process::id() as i32,
             children,
+            quarantined: self.quarantined.clone(),
         };
         if let Err(e) = self.state.save(&saved) {
             self.emit(Event::StateFailed {

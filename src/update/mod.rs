@@ -4,6 +4,7 @@
 //! removing backends.
 
 pub mod backoff;
+pub mod bake;
 pub mod control;
 pub mod error;
 pub mod flow;

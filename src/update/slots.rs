@@ -32,6 +32,9 @@ pub enum State {
     Starting,
     /// Published to the proxy.
     Serving,
+    /// The previous child during a bake window: out of rotation but still
+    /// running, so a rollback to it needs no cold start.
+    Warm,
     /// Out of the proxy, finishing its requests before it is stopped.
     Draining,
 }
@@ -41,6 +44,7 @@ impl State {
         match self {
             State::Starting => "starting",
             State::Serving => "serving",
+            State::Warm => "warm",
             State::Draining => "draining",
         }
     }

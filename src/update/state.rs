@@ -35,6 +35,9 @@ pub struct Saved {
     /// The liveroll that wrote it.
     pub owner_pid: i32,
     pub children: Vec<SavedChild>,
+    /// An ID rolled back from, which automatic updates skip.
+    #[serde(default)]
+    pub quarantined: Option<String>,
 }
 
 /// The state file of one pair of child ports, held locked while liveroll runs.
@@ -116,6 +119,7 @@ mod tests {
                 marker: "f00.3".into(),
                 stop: Some("docker rm -f app-9102".into()),
             }],
+            quarantined: Some("v3".into()),
         };
         {
             let file = StateFile::open(&dir, [9101, 9102]).unwrap();

@@ -12,7 +12,7 @@ use pingora_core::services::background::BackgroundService;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
-use super::control::{Answer, Command, Control, Request};
+use super::control::{Control, Request};
 use super::flow::{Engine, Parts};
 use super::monitor;
 use super::slots::{ChildView, Slots};
@@ -26,22 +26,22 @@ use crate::report::event::Event;
 use crate::report::notify;
 use crate::report::reporter::Reporter;
 use crate::serve::backends::BackendSet;
-use crate::signals::{self, Stop, StopSender};
+use crate::signals::{self, StopSender};
 
 pub struct Supervisor {
     config: Arc<Config>,
     backends: Arc<BackendSet>,
     reporter: Arc<Reporter>,
     triggers: Arc<Triggers>,
+    /// Operator commands: the admin listener sends, the loop receives.
+    control: Control,
+    commands: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
     /// The engine's record of children and its state file, until `start`
     /// hands them over.
     slots: std::sync::Mutex<Option<(Slots<Child>, StateFile)>>,
     children: watch::Receiver<Arc<[ChildView]>>,
     /// Bound in `main` so a taken port fails before anything starts.
     listeners: std::sync::Mutex<Listeners>,
-    /// Operator commands: the admin listener sends, the loop answers.
-    control: Control,
-    requests: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Request>>>,
     /// Set by a stop signal; Pingora's shutdown follows from it.
     stop: Arc<StopSender>,
     /// Told once every child is gone, so `main` can exit without waiting out
@@ -60,8 +60,10 @@ impl Supervisor {
     ) -> Self {
         let slots = Slots::new(config.child_ports());
         let children = slots.watch();
-        let (control, requests) = Control::channel();
+        let (control, commands) = Control::channel();
         Supervisor {
+            control,
+            commands: std::sync::Mutex::new(Some(commands)),
             reporter: Arc::new(Reporter::new(&config, children.clone())),
             config,
             backends,
@@ -69,11 +71,14 @@ impl Supervisor {
             slots: std::sync::Mutex::new(Some((slots, state))),
             children,
             listeners: std::sync::Mutex::new(listeners),
-            control,
-            requests: std::sync::Mutex::new(Some(requests)),
             stop: Arc::new(stop),
             finished,
         }
+    }
+
+    /// Where operator commands go.
+    pub fn control(&self) -> Control {
+        self.control.clone()
     }
 
     /// The engine's record of children, for a last look at exit.
@@ -145,8 +150,9 @@ async fn until_shutdown<T>(
 /// What the supervisor does next.
 enum Work {
     Exited(u64),
-    Update(super::trigger::Trigger),
     Command(Request),
+    Tick,
+    Update(super::trigger::Trigger),
 }
 
 impl Supervisor {
@@ -155,33 +161,27 @@ impl Supervisor {
         std::process::exit(1);
     }
 
-    /// Runs updates and handles exits and operator commands, one at a
-    /// time, until shutdown.
+    /// Runs updates and handles exits, one at a time, until shutdown.
     async fn serve(
         &self,
         engine: &mut Engine,
         exits: &mut mpsc::UnboundedReceiver<u64>,
-        requests: &mut mpsc::UnboundedReceiver<Request>,
+        commands: &mut mpsc::UnboundedReceiver<Request>,
         shutdown: &mut ShutdownWatch,
     ) {
         let mut watchdog = notify::watchdog_interval().map(tokio::time::interval);
-        // Interval updates are skipped while paused.
-        let mut paused = false;
-        // Commands that came during an update and need the engine.
-        let mut deferred: Vec<Request> = Vec::new();
         loop {
             // Exits are looked at first: a crashed child's slot is cleared
             // before the update it triggers runs. Automatic updates wait out
-            // the back-off; a forced one does not.
+            // the back-off; a reload does not.
             let hold_until = engine.backoff_until();
+            let tick = engine.next_tick();
             let next = async {
-                if !deferred.is_empty() {
-                    return Work::Command(deferred.remove(0));
-                }
                 tokio::select! {
                     biased;
                     Some(generation) = exits.recv() => Work::Exited(generation),
-                    Some(request) = requests.recv() => Work::Command(request),
+                    Some(request) = commands.recv() => Work::Command(request),
+                    _ = tokio::time::sleep_until(tick) => Work::Tick,
                     trigger = self.triggers.next(hold_until) => Work::Update(trigger),
                 }
             };
@@ -194,92 +194,23 @@ impl Supervisor {
                 Work::Exited(generation) => {
                     until_shutdown(engine.child_exited(generation), shutdown, &mut watchdog).await
                 }
-                Work::Update(trigger) if paused && trigger.reason == Reason::Interval => {
-                    self.reporter.emit(Event::SkippedPaused {
-                        trigger: trigger.reason,
-                    });
-                    Some(())
-                }
-                Work::Update(trigger) => {
-                    // Commands that need no engine are answered meanwhile:
-                    // a pause must not wait for a five-minute pull.
-                    let meanwhile = async {
-                        while let Some(request) = requests.recv().await {
-                            match self.answer_now(request.command, &mut paused) {
-                                Some(answer) => self.reply(request, answer),
-                                None => deferred.push(request),
-                            }
-                        }
-                        std::future::pending().await
-                    };
-                    let update = async {
-                        tokio::select! {
-                            biased;
-                            () = engine.run(trigger) => {}
-                            () = meanwhile => {}
-                        }
-                    };
-                    until_shutdown(update, shutdown, &mut watchdog).await
-                }
                 Work::Command(request) => {
-                    let answer = self.command(engine, request.command, &mut paused).await;
-                    self.reply(request, answer);
-                    Some(())
+                    let answer =
+                        until_shutdown(engine.command(request.command), shutdown, &mut watchdog)
+                            .await;
+                    answer.map(|answer| {
+                        let _ = request.reply.send(answer);
+                    })
+                }
+                Work::Tick => until_shutdown(engine.tick(), shutdown, &mut watchdog).await,
+                Work::Update(trigger) => {
+                    until_shutdown(engine.run(trigger), shutdown, &mut watchdog).await
                 }
             };
             if done.is_none() {
                 return;
             }
         }
-    }
-
-    /// Runs an operator's command between updates.
-    async fn command(&self, _engine: &mut Engine, command: Command, paused: &mut bool) -> Answer {
-        if let Some(answer) = self.answer_now(command, paused) {
-            return answer;
-        }
-        match command {
-            Command::Rollback | Command::Promote => Err("not available yet".into()),
-            Command::Pause | Command::Resume | Command::Rollover => unreachable!("answered now"),
-        }
-    }
-
-    /// The commands that need no engine, answered even during an update;
-    /// `None` for the others.
-    fn answer_now(&self, command: Command, paused: &mut bool) -> Option<Answer> {
-        Some(match command {
-            Command::Pause if *paused => Ok("already paused".into()),
-            Command::Pause => {
-                *paused = true;
-                Ok("paused: interval updates are skipped until resume; a crashed child is still replaced, and rollover still works".into())
-            }
-            Command::Resume if !*paused => Ok("not paused".into()),
-            Command::Resume => {
-                *paused = false;
-                Ok("resumed: interval updates run again".into())
-            }
-            Command::Rollover if *self.stop.borrow() != Stop::Running => {
-                Err("liveroll is stopping".into())
-            }
-            Command::Rollover => {
-                self.triggers.request(Reason::Admin);
-                // Commands are answered between updates or while one runs,
-                // never between its start and its number: the next update
-                // to start carries this request.
-                let number = self.reporter.updates_started() + 1;
-                Ok(format!("rollover requested: update {number}"))
-            }
-            Command::Rollback | Command::Promote => return None,
-        })
-    }
-
-    /// Logs a command's answer and sends it back.
-    fn reply(&self, request: Request, answer: Answer) {
-        self.reporter.emit(Event::Command {
-            command: request.command,
-            answer: answer.clone(),
-        });
-        let _ = request.reply.send(answer);
     }
 
     /// Requests waiting for a child get their 503 now, requests in flight
@@ -317,7 +248,6 @@ impl BackgroundService for Supervisor {
         self.spawn_helpers();
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
-        let mut requests = self.requests.lock().unwrap().take().expect("started once");
         let (slots, state) = self.slots.lock().unwrap().take().expect("started once");
         let parts = Parts {
             config: self.config.clone(),
@@ -328,14 +258,15 @@ impl BackgroundService for Supervisor {
             state,
         };
         let mut engine = Engine::new(parts, slots, exits_tx);
+        let mut commands = self.commands.lock().unwrap().take().expect("started once");
         let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
         if recovered.is_some() {
             self.triggers.request(Reason::Startup);
-            self.serve(&mut engine, &mut exits, &mut requests, &mut shutdown)
+            self.serve(&mut engine, &mut exits, &mut commands, &mut shutdown)
                 .await;
         }
         // Commands sent from now on are answered "liveroll is shutting down".
-        drop(requests);
+        drop(commands);
         self.shut_down(&mut engine).await;
         let _ = self.finished.send(());
     }

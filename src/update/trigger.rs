@@ -20,8 +20,8 @@ pub enum Reason {
     ChildExited,
     /// A serving child failed its health checks.
     Unhealthy,
-    /// An operator's `POST /rollover` (`liveroll ctl rollover`): forced like
-    /// SIGHUP, without systemd's reload protocol.
+    /// An operator asked for a rollover (`POST /rollover`, `liveroll ctl`):
+    /// forced like SIGHUP, but not a systemd reload.
     Admin,
 }
 

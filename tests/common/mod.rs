@@ -196,6 +196,9 @@ impl Liveroll {
             "5s".into(),
             "--state-dir".into(),
             scratch.dir.display().to_string(),
+            // The previous child goes at once unless a test bakes.
+            "--bake".into(),
+            "0s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         Self::spawn(scratch, ports, &args, env)

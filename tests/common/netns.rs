@@ -290,6 +290,8 @@ impl Host {
             "30s",
             "--kill-timeout",
             "5s",
+            "--bake",
+            "0s",
             // Each host has a disk of its own; here they share one.
             "--state-dir",
             &self.scratch.dir.display().to_string(),
