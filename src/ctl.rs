@@ -15,9 +15,11 @@ use crate::config::{parse_duration, Secret};
 
 const EXIT_CODES: &str = "\
 Exit status:
-  0   done (wait: the update rolled or found nothing new, and liveroll is ready)
-  1   the update failed, liveroll restarted while waiting, or liveroll refused
-      the command (wrong token, not from loopback, nothing to roll back, ...)
+  0   done (wait: the update rolled, and its bake window passed, or it found
+      its ID already serving; and liveroll is ready)
+  1   the update failed or was rolled back, its ID is quarantined, liveroll
+      restarted while waiting, or liveroll refused the command (wrong token,
+      not from loopback, nothing to roll back, ...)
   2   wait: timed out
   3   liveroll could not be reached, or its answer made no sense
   64  bad usage
@@ -76,11 +78,16 @@ enum Action {
         #[arg(long)]
         json: bool,
     },
-    /// Wait until an update after number N has finished (see `status`).
+    /// Wait until an update after number N has finished (see `status`), and
+    /// its bake window if it opened one.
     Wait {
         /// The update number to wait beyond; default: the last one now.
         #[arg(long, value_name = "N")]
         after: Option<u64>,
+        /// Done once the new child serves: do not wait for its bake window
+        /// (nor see it rolled back).
+        #[arg(long)]
+        no_bake: bool,
         /// Give up (exit 2) after this long.
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         timeout: Duration,
@@ -90,6 +97,10 @@ enum Action {
         /// Then wait until that update has finished, as `wait` does.
         #[arg(long)]
         wait: bool,
+        /// With --wait: done once the new child serves, without waiting for
+        /// its bake window.
+        #[arg(long)]
+        no_bake: bool,
         /// With --wait: give up (exit 2) after this long.
         #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
         timeout: Duration,
@@ -158,14 +169,19 @@ fn run(ctl: Ctl) -> Result<(), Failure> {
             print!("{}", summary(&status, SystemTime::now()));
             Ok(())
         }
-        Action::Wait { after, timeout } => {
+        Action::Wait {
+            after,
+            no_bake,
+            timeout,
+        } => {
             let first = client.status()?;
             let after = after.unwrap_or_else(|| update_number(&first));
-            wait(&client, &first, after, timeout)
+            wait(&client, &first, after, timeout, !no_bake)
         }
         Action::Rollover { wait: false, .. } => command(&client, "rollover").map(|_| ()),
         Action::Rollover {
             wait: true,
+            no_bake,
             timeout,
         } => {
             // Read the number, ask, then wait for an update past it. The
@@ -178,7 +194,7 @@ fn run(ctl: Ctl) -> Result<(), Failure> {
                 .next()
                 .and_then(|n| n.trim().parse::<u64>().ok());
             let after = update_number(&first).max(promised.map_or(0, |n| n.saturating_sub(1)));
-            wait(&client, &first, after, timeout)
+            wait(&client, &first, after, timeout, !no_bake)
         }
         Action::Rollback => command(&client, "rollback").map(|_| ()),
         Action::Pause => command(&client, "pause").map(|_| ()),
@@ -215,50 +231,29 @@ fn update_number(status: &Value) -> u64 {
     status["last_update"]["number"].as_u64().unwrap_or(0)
 }
 
-/// Polls `/status` until an update numbered above `after` has finished.
-fn wait(client: &Client, first: &Value, after: u64, timeout: Duration) -> Result<(), Failure> {
+/// Polls `/status` until an update numbered above `after` has finished
+/// (and, with `bake`, its bake window too).
+fn wait(
+    client: &Client,
+    first: &Value,
+    after: u64,
+    timeout: Duration,
+    bake: bool,
+) -> Result<(), Failure> {
     let deadline = Instant::now() + timeout;
-    let pid = first["pid"].as_u64();
-    let mut last;
+    let mut baked = false;
     loop {
-        match client.status() {
-            Ok(status) => {
-                if status["pid"].as_u64() != pid {
-                    return Err(refused(format!(
-                        "liveroll restarted while waiting (pid {} is now {}); its update numbers start again",
-                        pid.unwrap_or(0),
-                        status["pid"]
-                    )));
+        let last = match client.status() {
+            Ok(status) => match judge(&status, first, after, bake, &mut baked) {
+                Verdict::Done(text) => {
+                    println!("{text}");
+                    return Ok(());
                 }
-                let update = &status["last_update"];
-                let number = update_number(&status);
-                if number > after {
-                    let result = update["result"].as_str().unwrap_or("?");
-                    let ready = status["ready"] == true;
-                    let id = status["current_id"].as_str().unwrap_or("none");
-                    match result {
-                        "failed" => {
-                            return Err(refused(format!(
-                                "update {number} failed: step={} error={}",
-                                update["step"].as_str().unwrap_or("?"),
-                                update["error"]
-                            )))
-                        }
-                        _ if ready => {
-                            println!(
-                                "update {number} {result} (trigger={}): serving {id}",
-                                update["trigger"].as_str().unwrap_or("?")
-                            );
-                            return Ok(());
-                        }
-                        _ => last = format!("update {number} {result}, but liveroll is not ready"),
-                    }
-                } else {
-                    last = format!("last update is {number}, waiting for one after {after}");
-                }
-            }
-            Err(Failure(_, e)) => last = e,
-        }
+                Verdict::Failed(text) => return Err(refused(text)),
+                Verdict::Pending(text) => text,
+            },
+            Err(Failure(_, e)) => e,
+        };
         if Instant::now() >= deadline {
             return Err(Failure(
                 2,
@@ -270,6 +265,84 @@ fn wait(client: &Client, first: &Value, after: u64, timeout: Duration) -> Result
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How the wait stands.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// Rolled, or found its ID serving, and liveroll is ready.
+    Done(String),
+    Failed(String),
+    /// Still waiting, and for what.
+    Pending(String),
+}
+
+/// What `status` says of the first update numbered above `after`; `first`
+/// is `/status` as it was when the wait began. With `bake`, an update that
+/// opened a bake window is done once the window passed, and failed if it
+/// was rolled back; `baked` remembers that a window was seen open.
+fn judge(status: &Value, first: &Value, after: u64, bake: bool, baked: &mut bool) -> Verdict {
+    if status["pid"] != first["pid"] {
+        return Verdict::Failed(format!(
+            "liveroll restarted while waiting (pid {} is now {}); its update numbers start again",
+            first["pid"], status["pid"]
+        ));
+    }
+    let number = update_number(status);
+    if number <= after {
+        return Verdict::Pending(format!(
+            "last update is {number}, waiting for one after {after}"
+        ));
+    }
+    let update = &status["last_update"];
+    let result = update["result"].as_str().unwrap_or("?");
+    let id = status["current_id"].as_str().unwrap_or("none");
+    match result {
+        "failed" => {
+            return Verdict::Failed(format!(
+                "update {number} failed: step={} error={}",
+                update["step"].as_str().unwrap_or("?"),
+                update["error"]
+            ))
+        }
+        "quarantined" => {
+            return Verdict::Failed(format!(
+                "update {number} did not roll: the ID --id printed was rolled back from and is quarantined (`liveroll ctl rollover` starts it anyway); serving {id}"
+            ))
+        }
+        _ => {}
+    }
+    if bake && result == "rolled" {
+        let window = &status["bake"];
+        if !window.is_null() {
+            *baked = true;
+            let left = window["ends_in_ms"].as_u64().map_or("?".into(), |ms| {
+                humantime::format_duration(Duration::from_secs(ms.div_ceil(1000))).to_string()
+            });
+            return Verdict::Pending(format!(
+                "update {number} rolled to {}; its bake window ends in {left}",
+                text(&window["id"])
+            ));
+        }
+        let rollback = &status["last_rollback"];
+        if !rollback.is_null() && *rollback != first["last_rollback"] {
+            return Verdict::Failed(format!(
+                "update {number} rolled to {}, then rolled back ({}): serving {id}",
+                text(&rollback["id"]),
+                text(&rollback["reason"])
+            ));
+        }
+    }
+    if status["ready"] != true {
+        return Verdict::Pending(format!(
+            "update {number} {result}, but liveroll is not ready"
+        ));
+    }
+    let passed = if *baked { ", bake window passed" } else { "" };
+    Verdict::Done(format!(
+        "update {number} {result} (trigger={}): serving {id}{passed}",
+        text(&update["trigger"])
+    ))
 }
 
 /// `/status` for a person.
@@ -292,7 +365,7 @@ fn summary(status: &Value, now: SystemTime) -> String {
     line(&mut out, "paused", paused.into());
     line(&mut out, "phase", text(&status["phase"]));
     if let Some(bake) = status.get("bake").filter(|b| !b.is_null()) {
-        line(&mut out, "bake", fields(bake, now));
+        line(&mut out, "bake", bake_text(bake, now));
     }
     let children = status["children"].as_array().cloned().unwrap_or_default();
     if children.is_empty() {
@@ -360,9 +433,45 @@ fn summary(status: &Value, now: SystemTime) -> String {
     }
     line(&mut out, "rollouts", text(&status["rollouts"]));
     if let Some(rollback) = status.get("last_rollback").filter(|r| !r.is_null()) {
-        line(&mut out, "last rollback", fields(rollback, now));
+        line(&mut out, "last rollback", rollback_text(rollback, now));
     }
     out
+}
+
+/// An open bake window: `{id, previous_id, ends_in_ms, canary_percent}`.
+fn bake_text(bake: &Value, now: SystemTime) -> String {
+    let (Some(id), Some(previous), Some(ms)) = (
+        bake["id"].as_str(),
+        bake["previous_id"].as_str(),
+        bake["ends_in_ms"].as_u64(),
+    ) else {
+        return fields(bake, now);
+    };
+    let left = humantime::format_duration(Duration::from_secs(ms.div_ceil(1000)));
+    let canary = match bake["canary_percent"].as_f64() {
+        Some(p) => format!(", canary {p}% of clients"),
+        None => String::new(),
+    };
+    format!("{id} on trial, {previous} kept warm, {left} left{canary}")
+}
+
+/// The last rollback: `{at, id, previous_id, reason, evidence}`.
+fn rollback_text(rollback: &Value, now: SystemTime) -> String {
+    let (Some(id), Some(previous), Some(reason)) = (
+        rollback["id"].as_str(),
+        rollback["previous_id"].as_str(),
+        rollback["reason"].as_str(),
+    ) else {
+        return fields(rollback, now);
+    };
+    let mut text = format!(
+        "{id} -> {previous} {} ({reason})",
+        ago(&rollback["at"], now)
+    );
+    if let Some(evidence) = rollback["evidence"].as_str().filter(|e| !e.is_empty()) {
+        text.push_str(&format!("\n{:15}{evidence}", ""));
+    }
+    text
 }
 
 /// A JSON value as plain text (strings without quotes).
@@ -507,8 +616,9 @@ mod tests {
                 "duration_ms": 17
             },
             "rollouts": 3,
-            "bake": {"ends_at": "2025-01-01T10:05:00Z", "previous_id": "v1"},
-            "last_rollback": {"at": "2025-01-01T09:00:00Z", "id": "v3", "reason": "error-rate"},
+            "bake": {"id": "v2", "previous_id": "v1", "ends_in_ms": 11200, "canary_percent": 10.0},
+            "last_rollback": {"at": "2025-01-01T09:00:00Z", "id": "v3", "previous_id": "v2",
+                "reason": "error-rate", "evidence": "new=\"requests=40 errors=20\" previous=none"},
         });
         let text = summary(&status, at("2025-01-01T10:01:00Z"));
         let want = "\
@@ -516,16 +626,111 @@ current id:    v2
 ready:         yes
 paused:        yes (interval updates are skipped; `liveroll ctl resume`)
 phase:         serving id=v2 port=9102 pid=4567
-bake:          ends_at=in 4m previous_id=v1
+bake:          v2 on trial, v1 kept warm, 12s left, canary 10% of clients
 children:
   SLOT  PORT  PID   ID  STATE    SINCE   STARTED    INFLIGHT
   2     9102  4567  v2  serving  1m ago  1m 1s ago  3
 last update:   #7 trigger=admin result=failed 1m ago (took 17 ms)
                step=pull error=\"--pull failed: exit status: 1\"
 rollouts:      3
-last rollback: at=1h 1m ago id=v3 reason=error-rate
+last rollback: v3 -> v2 1h 1m ago (error-rate)
+               new=\"requests=40 errors=20\" previous=none
 ";
         assert_eq!(text, want, "\n{text}");
+    }
+
+    #[test]
+    fn the_summary_takes_objects_of_another_shape() {
+        let status = json!({"bake": {"ends_at": "2025-01-01T10:05:00Z", "x": 1}, "children": []});
+        let text = summary(&status, at("2025-01-01T10:01:00Z"));
+        assert!(
+            text.contains("bake:          ends_at=in 4m x=1\n"),
+            "{text}"
+        );
+    }
+
+    /// `/status` with update `number` as the last one.
+    fn status(number: u64, result: &str, ready: bool) -> Value {
+        json!({
+            "pid": 42, "current_id": "v2", "ready": ready, "bake": null, "last_rollback": null,
+            "last_update": {"number": number, "trigger": "admin", "result": result,
+                "step": "pull", "error": "--pull failed"},
+        })
+    }
+
+    #[test]
+    fn a_wait_ends_with_the_update_after_n() {
+        let first = status(3, "rolled", true);
+        let judge = |s: &Value| judge(s, &first, 3, true, &mut false);
+        assert_eq!(
+            judge(&status(3, "rolled", true)),
+            Verdict::Pending("last update is 3, waiting for one after 3".into())
+        );
+        assert_eq!(
+            judge(&status(4, "rolled", true)),
+            Verdict::Done("update 4 rolled (trigger=admin): serving v2".into())
+        );
+        assert_eq!(
+            judge(&status(5, "unchanged", true)),
+            Verdict::Done("update 5 unchanged (trigger=admin): serving v2".into())
+        );
+        assert!(matches!(
+            judge(&status(4, "rolled", false)),
+            Verdict::Pending(_)
+        ));
+        assert_eq!(
+            judge(&status(4, "failed", true)),
+            Verdict::Failed("update 4 failed: step=pull error=\"--pull failed\"".into())
+        );
+        assert!(matches!(
+            judge(&status(4, "quarantined", true)),
+            Verdict::Failed(_)
+        ));
+        let mut restarted = status(4, "rolled", true);
+        restarted["pid"] = json!(43);
+        assert!(
+            matches!(judge(&restarted), Verdict::Failed(t) if t.starts_with("liveroll restarted"))
+        );
+    }
+
+    #[test]
+    fn with_a_bake_window_a_wait_ends_when_it_does() {
+        let first = status(3, "rolled", true);
+        let mut baked = false;
+        let mut baking = status(4, "rolled", true);
+        baking["bake"] = json!({"id": "v2", "previous_id": "v1", "ends_in_ms": 1500});
+        assert_eq!(
+            judge(&baking, &first, 3, true, &mut baked),
+            Verdict::Pending("update 4 rolled to v2; its bake window ends in 2s".into())
+        );
+        assert!(baked);
+        // Without waiting for the bake, it is done.
+        assert!(matches!(
+            judge(&baking, &first, 3, false, &mut false),
+            Verdict::Done(_)
+        ));
+        // The window passed.
+        assert_eq!(
+            judge(&status(4, "rolled", true), &first, 3, true, &mut baked),
+            Verdict::Done("update 4 rolled (trigger=admin): serving v2, bake window passed".into())
+        );
+        // Or it was rolled back.
+        let mut back = status(4, "rolled", true);
+        back["current_id"] = json!("v1");
+        back["last_rollback"] = json!({"id": "v2", "previous_id": "v1", "reason": "crashed"});
+        assert_eq!(
+            judge(&back, &first, 3, true, &mut baked),
+            Verdict::Failed("update 4 rolled to v2, then rolled back (crashed): serving v1".into())
+        );
+        // A rollback from before the wait began is not this update's.
+        let mut earlier = first.clone();
+        earlier["last_rollback"] = back["last_rollback"].clone();
+        let mut now = status(4, "rolled", true);
+        now["last_rollback"] = back["last_rollback"].clone();
+        assert!(matches!(
+            judge(&now, &earlier, 3, true, &mut false),
+            Verdict::Done(_)
+        ));
     }
 
     #[test]

@@ -213,7 +213,7 @@ fn a_token_guards_everything_but_ready() {
     ]);
     assert_eq!(
         (code, out.trim()),
-        (0, "resumed: interval updates run again"),
+        (0, "automatic updates resumed"),
         "{err}"
     );
 }
@@ -303,43 +303,21 @@ fn status_shows_the_commands_without_their_secrets() {
 fn pause_skips_interval_updates_but_not_replacements_and_resume_ends_it() {
     let scratch = Scratch::new();
     let (admin, admin_addr) = admin_address();
-    // While the file `hold` exists, --pull waits (an update in progress),
-    // and says so by creating `held`.
-    let pull = format!(
-        "if [ -e {hold} ]; then touch {held}; while [ -e {hold} ]; do sleep 0.02; done; fi",
-        hold = scratch.path("hold").display(),
-        held = scratch.path("held").display(),
-    );
     let liveroll = Liveroll::start(
         &scratch,
-        &[
-            "--admin-listen",
-            &admin_addr,
-            "--interval",
-            "100ms",
-            "--pull",
-            &pull,
-        ],
+        &["--admin-listen", &admin_addr, "--interval", "100ms"],
     );
     let pid = liveroll.wait_version("v1");
     let post = |path| http(local(admin), "POST", path, &[]);
     const SKIPPED: &str = "event=skipped trigger=interval reason=paused";
     let skipped = || liveroll.log().matches(SKIPPED).count();
 
-    // A pause is answered while an update is under way (its --pull waits
-    // here), not after it.
-    scratch.write("hold", "");
-    wait_for("an update to wait in its --pull", || {
-        scratch.path("held").exists().then_some(())
-    });
     let paused = post("/pause");
     assert_eq!(paused.status, 200, "{}", paused.body);
-    assert!(paused.body.starts_with("paused"), "{}", paused.body);
+    assert!(paused.body.contains("paused"), "{}", paused.body);
     assert_eq!(status(admin)["paused"], true);
-    assert_eq!(post("/pause").body, "already paused\n");
-    std::fs::remove_file(scratch.path("hold")).unwrap();
 
-    // Interval ticks are skipped from now on (once this one is, the update
+    // Interval ticks are skipped from now on (once this one is, any update
     // that was under way is over).
     liveroll.wait_log(SKIPPED, 1);
     // A crashed child is still replaced while paused.
@@ -356,14 +334,10 @@ fn pause_skips_interval_updates_but_not_replacements_and_resume_ends_it() {
     assert_eq!(status(admin)["current_id"], "v1");
 
     let resumed = post("/resume");
-    assert_eq!(
-        (resumed.status, resumed.body.as_str()),
-        (200, "resumed: interval updates run again\n")
-    );
+    assert_eq!(resumed.status, 200, "{}", resumed.body);
     liveroll.wait_version("v2");
     liveroll.wait_log("event=rolled trigger=interval", 1);
     assert_eq!(status(admin)["paused"], false);
-    assert_eq!(post("/resume").body, "not paused\n");
 }
 
 #[test]
@@ -495,4 +469,52 @@ fn ctl_wait_exits_1_on_a_failed_update_2_on_timeout_3_when_unreachable() {
     let (code, _, err) = ctl(&["status"]);
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("--admin ADDR"), "{err}");
+}
+
+#[test]
+fn ctl_rollover_wait_waits_out_the_bake_window() {
+    let scratch = Scratch::new();
+    let (admin, admin_addr) = admin_address();
+    // The window passes (no traffic, no breach): done, the previous child gone.
+    let liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr, "--bake", "2s"]);
+    let first = liveroll.wait_version("v1");
+    wait_update(admin, 1);
+    scratch.set_version("v2");
+    let (code, out, err) = ctl(&["rollover", "--wait", "--admin", &admin_addr]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "rollover requested: update 2\nupdate 2 rolled (trigger=admin): serving v2, bake window passed\n"
+    );
+    assert!(liveroll
+        .log()
+        .contains("event=promoted id=v2 previous_id=v1 reason=passed"));
+    let done = status(admin);
+    assert_eq!(done["children"].as_array().unwrap().len(), 1, "{done:#}");
+    assert!(process_gone(first), "the previous demo {first} still runs");
+    drop(liveroll);
+
+    // The new version crashes during the window: rolled back, exit 1.
+    let scratch = Scratch::new();
+    let (admin, admin_addr) = admin_address();
+    let liveroll = Liveroll::start(&scratch, &["--admin-listen", &admin_addr, "--bake", "1h"]);
+    let old = liveroll.wait_version("v1");
+    wait_update(admin, 1);
+    scratch.set_version("v2");
+    let waiting = {
+        let admin_addr = admin_addr.clone();
+        thread::spawn(move || ctl(&["rollover", "--wait", "--admin", &admin_addr]))
+    };
+    liveroll.wait_log("event=bake id=v2 previous_id=v1", 1);
+    let new = liveroll.wait_version("v2");
+    kill(Pid::from_raw(new), Signal::SIGKILL).unwrap();
+    let (code, out, err) = waiting.join().unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(out, "rollover requested: update 2\n");
+    assert_eq!(
+        err,
+        "liveroll ctl: update 2 rolled to v2, then rolled back (crashed): serving v1\n"
+    );
+    // Back to the warm child: no cold start.
+    assert_eq!(liveroll.wait_version("v1"), old);
 }
