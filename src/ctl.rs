@@ -73,6 +73,7 @@ pub struct Ctl {
 #[derive(Subcommand, Debug)]
 enum Action {
     /// What liveroll is doing: current ID, children, last update and rollback.
+    #[command(after_help = EXIT_CODES)]
     Status {
         /// Print /status as JSON, as liveroll sends it.
         #[arg(long)]
@@ -80,6 +81,7 @@ enum Action {
     },
     /// Wait until an update after number N has finished (see `status`), and
     /// its bake window if it opened one.
+    #[command(after_help = EXIT_CODES)]
     Wait {
         /// The update number to wait beyond; default: the last one now.
         #[arg(long, value_name = "N")]
@@ -93,6 +95,7 @@ enum Action {
         timeout: Duration,
     },
     /// Start a forced update (a restart even with the same ID), like SIGHUP.
+    #[command(after_help = EXIT_CODES)]
     Rollover {
         /// Then wait until that update has finished, as `wait` does.
         #[arg(long)]
@@ -106,12 +109,16 @@ enum Action {
         timeout: Duration,
     },
     /// Go back to the previous version.
+    #[command(after_help = EXIT_CODES)]
     Rollback,
     /// Stop interval updates (a crashed child is still replaced).
+    #[command(after_help = EXIT_CODES)]
     Pause,
     /// Start interval updates again.
+    #[command(after_help = EXIT_CODES)]
     Resume,
     /// End the bake window now: keep the new version.
+    #[command(after_help = EXIT_CODES)]
     Promote,
 }
 
