@@ -18,7 +18,8 @@ use clap::{CommandFactory, Parser};
     version,
     about,
     max_term_width = 100,
-    args_override_self = true
+    args_override_self = true,
+    after_help = "To control a running liveroll (status, rollover, pause, ...): liveroll ctl --help"
 )]
 pub struct Config {
     /// Command that fetches the new artifact (run with `sh -c`).
@@ -169,9 +170,45 @@ pub struct Config {
     #[arg(long = "child-port2", env = "LIVEROLL_CHILD_PORT2", default_value_t = 9102, value_parser = parse_port)]
     pub child_port2: u16,
 
-    /// Serve /metrics, /status and /ready on this address (e.g. 127.0.0.1:9100).
+    /// Serve /metrics, /status and /ready on this address (e.g. 127.0.0.1:9100),
+    /// and the operator commands (POST /rollover, /pause, /resume, /rollback,
+    /// /promote).
     #[arg(long, env = "LIVEROLL_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
+
+    /// Serve only GET /ready on this address, for a load balancer's health
+    /// check (e.g. 0.0.0.0:9099), while --admin-listen stays on loopback.
+    #[arg(long, env = "LIVEROLL_READY_LISTEN", value_name = "ADDR")]
+    pub ready_listen: Option<SocketAddr>,
+
+    /// Bearer token every admin request but /ready must carry
+    /// (`Authorization: Bearer TOKEN`). Without one, operator commands are
+    /// taken from loopback clients only.
+    #[arg(
+        long,
+        env = "LIVEROLL_ADMIN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
+    pub admin_token: Option<Secret>,
+
+    /// Read --admin-token from this file (its first line), so the token is
+    /// not on the command line.
+    #[arg(long, env = "LIVEROLL_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
+    /// How /status shows the --pull, --id, --exec and --stop commands:
+    /// `redacted` hides assigned values, URL passwords, tokens and
+    /// Authorization headers; `hidden` leaves the commands out.
+    #[arg(
+        long,
+        env = "LIVEROLL_STATUS_COMMANDS",
+        value_enum,
+        default_value = "redacted",
+        value_name = "HOW"
+    )]
+    pub status_commands: StatusCommands,
 
     /// Log one line per proxied request (log target `access`).
     #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
@@ -180,6 +217,45 @@ pub struct Config {
     /// Pingora YAML file for worker tuning (threads, keep-alive pool, ...).
     #[arg(short = 'c', long, env = "LIVEROLL_CONF", value_name = "FILE")]
     pub conf: Option<String>,
+}
+
+/// How `/status` shows the commands (`--status-commands`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusCommands {
+    Full,
+    Redacted,
+    Hidden,
+}
+
+/// A value that is never printed, not even by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    /// A token as an HTTP header carries it: printable ASCII, no spaces.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            return Err("the token must not be empty".into());
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be printable ASCII without spaces".into());
+        }
+        Ok(Secret(s.to_string()))
+    }
 }
 
 impl Config {
@@ -209,13 +285,23 @@ impl Config {
                 return conflict(format!("{flag} must differ from --port (both are {port})"));
             }
         }
-        if let Some(admin) = self.admin_listen {
-            if [self.port, self.child_port1, self.child_port2].contains(&admin.port()) {
+        for (flag, addr) in [
+            ("--admin-listen", self.admin_listen),
+            ("--ready-listen", self.ready_listen),
+        ] {
+            let Some(addr) = addr else { continue };
+            if [self.port, self.child_port1, self.child_port2].contains(&addr.port()) {
                 return conflict(format!(
-                    "--admin-listen must not use the proxy's or a child's port ({})",
-                    admin.port()
+                    "{flag} must not use the proxy's or a child's port ({})",
+                    addr.port()
                 ));
             }
+        }
+        if self.ready_listen.is_some() && self.ready_listen == self.admin_listen {
+            return conflict(
+                "--ready-listen must differ from --admin-listen (that one serves /ready too)"
+                    .into(),
+            );
         }
         if self.rollback_latency_factor < 0.0 || !self.rollback_latency_factor.is_finite() {
             return Err((
@@ -246,6 +332,18 @@ impl Config {
                 return Err((ErrorKind::InvalidValue, format!("{flag} must not be empty")));
             }
         }
+        Ok(())
+    }
+
+    /// With `--admin-token-file`, reads the token into `admin_token`.
+    pub fn read_token_file(&mut self) -> Result<(), String> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(());
+        };
+        let what = format!("--admin-token-file {}", path.display());
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+        let line = text.lines().next().unwrap_or("").trim();
+        self.admin_token = Some(line.parse().map_err(|e| format!("{what}: {e}"))?);
         Ok(())
     }
 
@@ -355,6 +453,33 @@ mod tests {
     }
 
     #[test]
+    fn the_token_is_never_printed_and_can_come_from_a_file() {
+        let c = parse(&["--admin-token", "s3cret-T0ken"]).unwrap();
+        assert_eq!(c.admin_token.as_ref().unwrap().expose(), "s3cret-T0ken");
+        assert!(!format!("{c:?}").contains("s3cret"), "{c:?}");
+        assert_eq!(c.status_commands, StatusCommands::Redacted);
+
+        let dir = std::env::temp_dir().join(format!("liveroll-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let mut c = parse(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        c.read_token_file().unwrap();
+        assert_eq!(c.admin_token.unwrap().expose(), "from-file");
+        std::fs::write(&file, "\n").unwrap();
+        let mut c = parse(&["--admin-token-file", file.to_str().unwrap()]).unwrap();
+        let err = c.read_token_file().unwrap_err();
+        assert!(err.contains("must not be empty"), "{err}");
+        let mut c = parse(&["--admin-token-file", "/nonexistent/token"]).unwrap();
+        let err = c.read_token_file().unwrap_err();
+        assert!(
+            err.starts_with("--admin-token-file /nonexistent/token: "),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn durations_take_every_seed_unit() {
         for (text, want) in [
             ("1ns", Duration::from_nanos(1)),
@@ -391,6 +516,26 @@ mod tests {
                 &["--admin-listen", "127.0.0.1:8080"],
                 "--admin-listen must not use the proxy's or a child's port (8080)",
             ),
+            (
+                &["--ready-listen", "0.0.0.0:9101"],
+                "--ready-listen must not use the proxy's or a child's port (9101)",
+            ),
+            (
+                &[
+                    "--admin-listen",
+                    "127.0.0.1:9100",
+                    "--ready-listen",
+                    "127.0.0.1:9100",
+                ],
+                "--ready-listen must differ from --admin-listen",
+            ),
+            (&["--admin-token", ""], "the token must not be empty"),
+            (&["--admin-token", "a b"], "without spaces"),
+            (
+                &["--admin-token", "t", "--admin-token-file", "/x"],
+                "cannot be used with",
+            ),
+            (&["--status-commands", "some"], "possible values"),
         ];
         for (args, want) in cases {
             let err = parse(args).unwrap_err();

@@ -7,6 +7,7 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 
 use liveroll::config::Config;
+use liveroll::report::admin::Listeners;
 use liveroll::serve::backends::BackendSet;
 use liveroll::serve::proxy::{Proxy, Settings};
 use liveroll::update::state::StateFile;
@@ -17,14 +18,20 @@ use liveroll::{server_conf, signals};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // `liveroll ctl ...` talks to a running liveroll; it has flags of its own.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "ctl") {
+        exit(liveroll::ctl::main(std::env::args_os().skip(1)));
+    }
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn"),
     )
     // Rollovers take milliseconds: seconds would hide what came first.
     .format_timestamp_millis()
     .init();
-    let config = Arc::new(Config::from_env());
-    let admin = check_listeners(&config);
+    let mut config = Config::from_env();
+    config.read_token_file().unwrap_or_else(|e| fail(&e));
+    let config = Arc::new(config);
+    let listeners = check_listeners(&config);
     let state = StateFile::open(&config.state_dir(), config.child_ports())
         .unwrap_or_else(|e| fail(&format!("--state-dir: {e}")));
     let server_conf = server_conf::load(&config).unwrap_or_else(|e| fail(&e));
@@ -35,7 +42,14 @@ fn main() {
     let proxy = proxy_service(&server, &config, backends.clone());
     let (stop_tx, stop_watch) = signals::stop_channel();
     let (finished_tx, finished) = mpsc::channel();
-    let supervisor = Supervisor::new(config, backends, state, admin, stop_tx, finished_tx.clone());
+    let supervisor = Supervisor::new(
+        config,
+        backends,
+        state,
+        listeners,
+        stop_tx,
+        finished_tx.clone(),
+    );
     let children = supervisor.children();
     server.add_service(proxy);
     server.add_service(background_service("supervisor", supervisor));
@@ -57,22 +71,29 @@ fn main() {
 }
 
 /// Pingora would retry a taken port for half a minute and then run on
-/// without a listener: find out now and say so. Returns the admin listener.
-fn check_listeners(config: &Config) -> Option<std::net::TcpListener> {
+/// without a listener: find out now and say so. Returns the admin and
+/// readiness listeners.
+fn check_listeners(config: &Config) -> Listeners {
     if let Err(e) = std::net::TcpListener::bind(config.listen_addr()) {
         fail(&format!(
             "cannot listen on {} (--port): {e}",
             config.listen_addr()
         ));
     }
-    config.admin_listen.map(|addr| {
-        let listener = std::net::TcpListener::bind(addr)
-            .unwrap_or_else(|e| fail(&format!("cannot listen on {addr} (--admin-listen): {e}")));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| fail(&e.to_string()));
-        listener
-    })
+    let bind = |addr: Option<std::net::SocketAddr>, flag: &str| {
+        addr.map(|addr| {
+            let listener = std::net::TcpListener::bind(addr)
+                .unwrap_or_else(|e| fail(&format!("cannot listen on {addr} ({flag}): {e}")));
+            listener
+                .set_nonblocking(true)
+                .unwrap_or_else(|e| fail(&e.to_string()));
+            listener
+        })
+    };
+    Listeners {
+        admin: bind(config.admin_listen, "--admin-listen"),
+        ready: bind(config.ready_listen, "--ready-listen"),
+    }
 }
 
 fn proxy_service(

@@ -161,6 +161,7 @@ fn every_flag_can_come_from_the_environment() {
     let scratch = Scratch::new();
     let ports = free_ports();
     let admin = format!("127.0.0.1:{}", free_ports().proxy);
+    let ready = format!("127.0.0.1:{}", free_ports().proxy);
     let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/liveroll.yaml");
     let env: Vec<(String, String)> = [
         ("PULL", "true".to_string()),
@@ -183,6 +184,9 @@ fn every_flag_can_come_from_the_environment() {
         ("CHILD_PORT1", ports.child1.to_string()),
         ("CHILD_PORT2", ports.child2.to_string()),
         ("ADMIN_LISTEN", admin.clone()),
+        ("READY_LISTEN", ready.clone()),
+        ("ADMIN_TOKEN", "env-token".into()),
+        ("STATUS_COMMANDS", "full".into()),
         ("ACCESS_LOG", "true".into()),
         ("CONF", conf.into()),
     ]
@@ -194,8 +198,20 @@ fn every_flag_can_come_from_the_environment() {
     let liveroll = Liveroll::spawn(&scratch, ports, &[], &env);
     liveroll.wait_version("v1");
     let admin_port: u16 = admin.rsplit(':').next().unwrap().parse().unwrap();
+    let ready_port: u16 = ready.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(
+        request(ready_port, "GET", "/ready", b"").unwrap().status,
+        200
+    );
+    assert_eq!(
+        request(admin_port, "GET", "/status", b"").unwrap().status,
+        401
+    );
+    let mut conn = Conn::open(admin_port).unwrap();
+    conn.write_raw(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer env-token\r\n\r\n")
+        .unwrap();
     let status: serde_json::Value =
-        serde_json::from_str(&request(admin_port, "GET", "/status", b"").unwrap().body).unwrap();
+        serde_json::from_str(&conn.read_response(false).unwrap().body).unwrap();
     let config = &status["config"];
     for (key, want) in [
         ("interval", "1h"),
@@ -207,6 +223,8 @@ fn every_flag_can_come_from_the_environment() {
         ("hold_timeout", "9s"),
         ("shutdown_delay", "0s"),
         ("admin_listen", admin.as_str()),
+        ("ready_listen", ready.as_str()),
+        ("status_commands", "full"),
         ("conf", conf),
         ("listen", &format!("127.0.0.1:{proxy}")),
     ] {
@@ -216,4 +234,6 @@ fn every_flag_can_come_from_the_environment() {
     assert_eq!(config["unhealthy_threshold"], 4);
     assert_eq!(config["healthy_threshold"], 5);
     assert_eq!(config["access_log"], true);
+    assert_eq!(config["admin_token"], true);
+    assert_eq!(config["exec"], scratch.exec_cmd());
 }

@@ -226,8 +226,8 @@ fn hosts_behind_haproxy_roll_stop_and_crash_without_losing_requests() {
         ],
     );
     assert!(
-        config.contains(&format!("check port {ADMIN_PORT} ")),
-        "the reference checks another admin port than the hosts use"
+        config.contains(&format!("check port {READY_PORT} ")),
+        "the reference checks another readiness port than the hosts use"
     );
     let config_path = scratch.path("haproxy.cfg");
     fs::write(&config_path, config).unwrap();
@@ -237,10 +237,11 @@ fn hosts_behind_haproxy_roll_stop_and_crash_without_losing_requests() {
         haproxy.wait_state(BACKEND, server, "UP");
     }
 
-    // (a) A forced rollover on each host, one after the other, each waited
-    // for through /status before the next.
+    // (a) A forced rollover on each host, one after the other, as the
+    // README's fleet recipe does it: `liveroll ctl rollover --wait` on a
+    // host, then the next.
     let rollovers = haproxy_scenario(
-        "(a) SIGHUP rollover on each host",
+        "(a) `liveroll ctl rollover --wait` on each host",
         &fleet,
         &haproxy,
         |load| {

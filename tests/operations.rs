@@ -105,6 +105,52 @@ fn systemd_hears_ready_reloading_and_stopping_in_order() {
     assert!(watchdog_pings >= 1, "the watchdog was fed");
 }
 
+/// `POST /rollover` (`liveroll ctl rollover`) is a forced update like
+/// SIGHUP, but systemd did not ask for it: no RELOADING=1, and so no READY=1
+/// to end it, only the status.
+#[test]
+fn an_operator_rollover_is_no_reload_for_systemd() {
+    let scratch = Scratch::new();
+    let systemd = FakeSystemd::new(&scratch);
+    let ports = free_ports();
+    let (p1, p2) = (ports.child1, ports.child2);
+    let (admin, admin_addr) = admin_address();
+    let mut liveroll = Liveroll::start_with_env(
+        &scratch,
+        ports,
+        &["--admin-listen", &admin_addr],
+        &[("NOTIFY_SOCKET", &systemd.path)],
+    );
+    let old = liveroll.wait_version("v1");
+    assert_eq!(
+        request(admin, "POST", "/rollover", b"").unwrap().status,
+        200
+    );
+    liveroll.wait_pid_change(old);
+    liveroll.wait_log("event=rolled trigger=admin", 1);
+    liveroll.signal(Signal::SIGTERM);
+    assert_eq!(liveroll.wait_exit().code(), Some(0));
+    let messages = wait_for("STOPPING=1 to arrive", || {
+        let messages = systemd.messages();
+        messages
+            .iter()
+            .any(|m| m.starts_with("STOPPING=1"))
+            .then_some(messages)
+    });
+    let sequence: Vec<String> = messages.iter().map(|m| mask(m, "pid=")).collect();
+    let expected = [
+        "STATUS=pulling (trigger=startup)".to_string(),
+        format!("STATUS=starting id=v1 port={p1}"),
+        format!("READY=1\nSTATUS=serving id=v1 port={p1} pid=*"),
+        "STATUS=pulling (trigger=admin)".to_string(),
+        format!("STATUS=starting id=v1 port={p2}"),
+        format!("STATUS=draining port={p1} pid=*"),
+        format!("STATUS=serving id=v1 port={p2} pid=*"),
+        "STOPPING=1\nSTATUS=stopping".to_string(),
+    ];
+    assert_eq!(sequence, expected, "{}", liveroll.log());
+}
+
 #[test]
 fn children_do_not_inherit_the_notify_socket() {
     let scratch = Scratch::new();

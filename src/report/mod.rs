@@ -7,5 +7,6 @@ pub mod admin;
 pub mod event;
 pub mod metrics;
 pub mod notify;
+pub mod redact;
 pub mod reporter;
 pub mod status;

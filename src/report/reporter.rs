@@ -2,6 +2,7 @@
 //! into its log line, its metrics, its part of `/status` and its systemd
 //! message, here and nowhere else.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -34,6 +35,12 @@ struct State {
     bake: Option<status::BakeRecord>,
     last_rollback: Option<status::RollbackRecord>,
     paused: bool,
+    /// Updates started so far: the number of the last one.
+    updates: u64,
+    /// Updates that rolled to a new child.
+    rollouts: u64,
+    /// When each child (by generation) was started, until it is gone.
+    started_at: HashMap<u64, SystemTime>,
 }
 
 impl Reporter {
@@ -50,9 +57,14 @@ impl Reporter {
         log::log!(level, "{line}");
         let mut state = self.state.lock().unwrap();
         match event {
+            Event::UpdateStarted { .. } => state.updates += 1,
             Event::Pulling { trigger } => state.phase(format!("pulling (trigger={trigger})")),
             Event::Spawned { child, .. } => {
+                state.started_at.insert(child.generation, SystemTime::now());
                 state.phase(format!("starting id={} port={}", child.id, child.port))
+            }
+            Event::Terminated { child, .. } => {
+                state.started_at.remove(&child.generation);
             }
             // systemd: startup is done once the first child serves.
             Event::Published { child } if !state.ready_sent => state.ready(serving(Some(&child))),
@@ -80,6 +92,7 @@ impl Reporter {
                     }
                     Outcome::Rolled(took) => {
                         METRICS.rollout(metrics::Rollout::Rolled(*took));
+                        state.rollouts += 1;
                         ("rolled", None)
                     }
                     Outcome::Failed(e) => {
@@ -88,6 +101,7 @@ impl Reporter {
                     }
                 };
                 state.last_update = Some(UpdateRecord {
+                    number: state.updates,
                     at: SystemTime::now(),
                     trigger: trigger.reason.to_string(),
                     result,
@@ -167,6 +181,11 @@ impl Reporter {
             && slots::current(self.children.borrow().iter()).is_some()
     }
 
+    /// How many updates have started: the next one gets this plus one.
+    pub fn updates_started(&self) -> u64 {
+        self.state.lock().unwrap().updates
+    }
+
     /// The ID of the current child.
     pub fn current_id(&self) -> Option<String> {
         slots::current(self.children.borrow().iter()).map(|c| c.info.id.clone())
@@ -184,6 +203,8 @@ impl Reporter {
             bake: state.bake.as_ref(),
             last_rollback: state.last_rollback.as_ref(),
             paused: state.paused,
+            rollouts: state.rollouts,
+            started_at: &state.started_at,
             config: &self.config,
         })
     }

@@ -486,9 +486,16 @@ impl Engine {
                 self.paused = false;
                 Ok("automatic updates resumed".into())
             }
+            Command::Rollover if *self.stop.borrow() != Stop::Running => {
+                Err("liveroll is stopping".into())
+            }
             Command::Rollover => {
                 self.triggers.request(Reason::Admin);
-                Ok("rollover requested".into())
+                // Commands run between updates: the next update to start
+                // carries this request. Its number lets a caller wait for
+                // exactly that one (`liveroll ctl rollover --wait`).
+                let number = self.reporter.updates_started() + 1;
+                Ok(format!("rollover requested: update {number}"))
             }
             Command::Promote => match self.bake.is_some() {
                 true => {

@@ -21,9 +21,10 @@ use super::trigger::{Reason, Triggers};
 use crate::config::Config;
 use crate::process::child::Child;
 use crate::process::reaper;
+use crate::report::admin::{self, Listeners, Scope};
 use crate::report::event::Event;
+use crate::report::notify;
 use crate::report::reporter::Reporter;
-use crate::report::{admin, notify};
 use crate::serve::backends::BackendSet;
 use crate::signals::{self, StopSender};
 
@@ -40,7 +41,7 @@ pub struct Supervisor {
     slots: std::sync::Mutex<Option<(Slots<Child>, StateFile)>>,
     children: watch::Receiver<Arc<[ChildView]>>,
     /// Bound in `main` so a taken port fails before anything starts.
-    admin: std::sync::Mutex<Option<std::net::TcpListener>>,
+    listeners: std::sync::Mutex<Listeners>,
     /// Set by a stop signal; Pingora's shutdown follows from it.
     stop: Arc<StopSender>,
     /// Told once every child is gone, so `main` can exit without waiting out
@@ -53,7 +54,7 @@ impl Supervisor {
         config: Arc<Config>,
         backends: Arc<BackendSet>,
         state: StateFile,
-        admin: Option<std::net::TcpListener>,
+        listeners: Listeners,
         stop: StopSender,
         finished: Sender<()>,
     ) -> Self {
@@ -69,7 +70,7 @@ impl Supervisor {
             triggers: Arc::new(Triggers::new()),
             slots: std::sync::Mutex::new(Some((slots, state))),
             children,
-            admin: std::sync::Mutex::new(admin),
+            listeners: std::sync::Mutex::new(listeners),
             stop: Arc::new(stop),
             finished,
         }
@@ -103,14 +104,22 @@ impl Supervisor {
             self.triggers.clone(),
             self.reporter.clone(),
         ));
-        if let Some(listener) = self.admin.lock().unwrap().take() {
+        let listeners = std::mem::take(&mut *self.listeners.lock().unwrap());
+        for (scope, listener) in [
+            (Scope::Admin, listeners.admin),
+            (Scope::Ready, listeners.ready),
+        ] {
+            let Some(listener) = listener else { continue };
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    tokio::spawn(admin::serve(
-                        listener,
-                        self.reporter.clone(),
-                        self.backends.clone(),
-                    ));
+                    let handler = admin::Handler {
+                        scope,
+                        reporter: self.reporter.clone(),
+                        backends: self.backends.clone(),
+                        control: self.control.clone(),
+                        token: self.config.admin_token.clone(),
+                    };
+                    tokio::spawn(admin::serve(listener, Arc::new(handler)));
                 }
                 Err(e) => self.reporter.emit(Event::AdminFailed {
                     error: e.to_string(),
@@ -256,6 +265,8 @@ impl BackgroundService for Supervisor {
             self.serve(&mut engine, &mut exits, &mut commands, &mut shutdown)
                 .await;
         }
+        // Commands sent from now on are answered "liveroll is shutting down".
+        drop(commands);
         self.shut_down(&mut engine).await;
         let _ = self.finished.send(());
     }

@@ -33,6 +33,17 @@ impl Reason {
     pub fn forced(self) -> bool {
         matches!(self, Reason::Startup | Reason::Sighup | Reason::Admin)
     }
+
+    /// Which of two merged triggers names the update: a forced one, then a
+    /// replacement, then an interval tick. A replacement must not hide
+    /// behind a tick that was pending (a paused liveroll skips the ticks).
+    fn rank(self) -> u8 {
+        match self {
+            _ if self.forced() => 2,
+            Reason::ChildExited | Reason::Unhealthy => 1,
+            _ => 0,
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -61,7 +72,7 @@ impl Trigger {
     fn merge(pending: Option<Trigger>, reason: Reason) -> Trigger {
         let reload = reason == Reason::Sighup || pending.is_some_and(|p| p.reload);
         let mut merged = match pending {
-            Some(prev) if prev.forced || !reason.forced() => prev,
+            Some(prev) if prev.reason.rank() >= reason.rank() => prev,
             _ => Trigger {
                 reason,
                 forced: reason.forced(),
@@ -93,13 +104,13 @@ impl Triggers {
     }
 
     /// Waits for the next (merged) trigger. Until `hold_until` passes (the
-    /// back-off) only a reload is handed out; others stay pending, merged.
+    /// back-off) only a forced one is handed out; others stay pending, merged.
     pub async fn next(&self, hold_until: Option<Instant>) -> Trigger {
         loop {
             let held = hold_until.filter(|&until| until > Instant::now());
             {
                 let mut pending = self.pending.lock().unwrap();
-                if pending.is_some_and(|t| held.is_none() || t.reload) {
+                if pending.is_some_and(|t| held.is_none() || t.forced) {
                     return pending.take().expect("just checked");
                 }
             }
@@ -141,6 +152,19 @@ mod tests {
         assert_eq!(merged(&[ChildExited, Sighup]), t(Sighup, true, true));
         // The reload survives a merge into an earlier forced trigger.
         assert_eq!(merged(&[Startup, Sighup]), t(Startup, true, true));
+        // An operator's rollover is forced, but no reload for systemd.
+        assert_eq!(merged(&[Interval, Admin]), t(Admin, true, false));
+        assert_eq!(merged(&[Admin, Sighup]), t(Admin, true, true));
+        // A replacement is not hidden behind an interval tick that was
+        // pending: a paused liveroll skips interval updates, not these.
+        assert_eq!(
+            merged(&[Interval, ChildExited]),
+            t(ChildExited, false, false)
+        );
+        assert_eq!(
+            merged(&[Interval, Unhealthy, Interval]),
+            t(Unhealthy, false, false)
+        );
     }
 
     #[tokio::test]
@@ -186,5 +210,11 @@ mod tests {
         triggers.request(Reason::Interval);
         let soon = Instant::now() + Duration::from_millis(20);
         assert_eq!(triggers.next(Some(soon)).await.reason, Reason::Interval);
+
+        // An operator's rollover does not wait out the back-off either.
+        triggers.request(Reason::ChildExited);
+        triggers.request(Reason::Admin);
+        let next = triggers.next(Some(far)).await;
+        assert_eq!((next.reason, next.forced), (Reason::Admin, true));
     }
 }

@@ -3,7 +3,8 @@
 //! with its demo child, and a veth pair from `lb` straight into each host.
 //!
 //! ```text
-//!   lb: HAProxy :80, load client ── 10.231.N.1/30 ═veth═ 10.231.N.2/30 ── hN: liveroll :8080, admin :9100
+//!   lb: HAProxy :80, load client ── 10.231.N.1/30 ═veth═ 10.231.N.2/30 ── hN: liveroll :8080, ready :9099
+//!                                                                          (admin on 127.0.0.1:9100)
 //! ```
 //!
 //! Nothing is routed or forwarded through the machine's own (root) network
@@ -45,7 +46,11 @@ use super::{process_gone, request, wait_for, Liveroll, Load, Ports, Response, Sc
 const PREFIX: &str = "lrfleet";
 /// The ports of every host, inside its own namespace.
 pub const PROXY_PORT: u16 = 8080;
+/// The admin listener, on the host's loopback only.
 pub const ADMIN_PORT: u16 = 9100;
+/// The readiness listener (`--ready-listen`) on the host's address, which
+/// the load balancer checks.
+pub const READY_PORT: u16 = 9099;
 pub const CHILD_PORTS: (u16, u16) = (9101, 9102);
 
 /// A test that cannot run here: under `CI=true` that is a failure, elsewhere
@@ -232,8 +237,8 @@ fn remove_stale_namespaces() {
 }
 
 /// One host: a liveroll (with the demo app) in its own namespace, on the
-/// fixed ports, its admin listener on all of the host's addresses so the
-/// load balancer can check `/ready`.
+/// fixed ports, its readiness listener on the host's address so the load
+/// balancer can check `/ready`, its admin listener on loopback.
 pub struct Host {
     pub ns: Netns,
     pub addr: Ipv4Addr,
@@ -258,7 +263,8 @@ impl Host {
     /// Starts liveroll inside the namespace and waits until `/ready` is 200.
     pub fn start(&mut self) {
         assert!(self.liveroll.is_none(), "liveroll already runs");
-        let admin = format!("0.0.0.0:{ADMIN_PORT}");
+        let admin = format!("127.0.0.1:{ADMIN_PORT}");
+        let ready = format!("{}:{READY_PORT}", self.addr);
         let mut args: Vec<String> = [
             "--bind",
             "0.0.0.0",
@@ -270,6 +276,8 @@ impl Host {
             &CHILD_PORTS.1.to_string(),
             "--admin-listen",
             &admin,
+            "--ready-listen",
+            &ready,
             "--pull",
             "true",
             "--id",
@@ -353,27 +361,51 @@ impl Host {
             .collect()
     }
 
-    /// A SIGHUP rollover, waited for as a script rolling a fleet would: until
-    /// `/status` says the last update was a SIGHUP that rolled, and exactly
-    /// one child serves and it is not the one that served before (so the old
-    /// one has been drained and stopped). Returns the new child's pid.
+    /// `liveroll ctl ARGS` run on the host against its admin listener, as
+    /// an operator would over ssh.
+    pub fn ctl(&self, args: &[&str]) -> std::process::Output {
+        self.ns
+            .command(super::LIVEROLL)
+            .arg("ctl")
+            .args(args)
+            .args(["--admin", &format!("127.0.0.1:{ADMIN_PORT}")])
+            .env_remove("LIVEROLL_ADMIN_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// A forced rollover as a script rolling a fleet does it: `liveroll ctl
+    /// rollover --wait` on the host, which returns once that update is over.
+    /// Checked at once, without polling: the update rolled, and exactly one
+    /// child serves and it is not the one that served before (the old one
+    /// has been drained and stopped). Returns the new child's pid.
     pub fn rollover(&self) -> i64 {
         let before = self.status().expect("/status answers");
         let old = match Self::children(&before)[..] {
             [(pid, ref state)] if state == "serving" => pid,
             ref other => panic!("expected one serving child, got {other:?}"),
         };
-        self.signal(Signal::SIGHUP);
-        wait_for(&format!("the rollover on {}", self.ns.name), || {
-            self.liveroll().assert_running();
-            let status = self.status()?;
-            let update = &status["last_update"];
-            let done = update["trigger"] == "sighup" && update["result"] == "rolled";
-            match Self::children(&status)[..] {
-                [(pid, ref state)] if done && state == "serving" && pid != old => Some(pid),
-                _ => None,
-            }
-        })
+        let out = self.ctl(&["rollover", "--wait", "--timeout", "60s"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "ctl rollover --wait on {}: {}: {text}",
+            self.ns.name,
+            out.status
+        );
+        let status = self.status().expect("/status answers");
+        let update = &status["last_update"];
+        assert_eq!(
+            (&update["trigger"], &update["result"]),
+            (&Value::from("admin"), &Value::from("rolled")),
+            "{status:#}"
+        );
+        match Self::children(&status)[..] {
+            [(pid, ref state)] if state == "serving" && pid != old => pid,
+            ref other => panic!("after ctl rollover --wait ({text}): {other:?}"),
+        }
     }
 }
 
