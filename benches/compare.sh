@@ -10,6 +10,7 @@
 #   IDLE_CONNS=10000   idle keep-alive connections held by the scale section
 #   SCALE_CONNS=128    wrk connections of the scale section's thread comparison
 #   IR_DURATION=8s     length of each run under callgrind (instructions section)
+#   PORTS=LO-HI        ports to listen on (default: 10000 up to the ephemeral range)
 # Defaults take about 7 minutes (3 rounds x 2 profiles x 4 targets x 10 s,
 # plus warm-up, the rollover section, the scale section's 3 x 2 x 10 s and
 # the instructions section's 3 x 11 s under valgrind).
@@ -120,6 +121,7 @@ WARMUP=${WARMUP:-2s}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IR_DURATION=${IR_DURATION:-8s}
 SCALE_CONNS=${SCALE_CONNS:-128}
+PORTS=${PORTS:-}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
 WRK_CONNS=$CONNS
 NGINX_WORKER_CONNECTIONS=4096
@@ -205,12 +207,21 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 USED_PORTS=" "
-free_port() { # VAR: a free 127.0.0.1 port below the ephemeral range
-    local lo p _
-    lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
-    ((lo > 12000)) || lo=32768
+free_port() { # VAR: a free 127.0.0.1 port in PORTS, else below the ephemeral range
+    local lo=10000 hi p _
+    if [ -n "$PORTS" ]; then
+        if ! [[ $PORTS =~ ^([0-9]+)-([0-9]+)$ ]] || ((BASH_REMATCH[1] > BASH_REMATCH[2])); then
+            die "PORTS must be LO-HI, e.g. 14000-14999"
+        fi
+        lo=${BASH_REMATCH[1]}
+        hi=${BASH_REMATCH[2]}
+    else
+        hi=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range)
+        ((hi > 12000)) || hi=32768
+        hi=$((hi - 1))
+    fi
     for _ in $(seq 500); do
-        p=$((10000 + RANDOM % (lo - 10000)))
+        p=$((lo + RANDOM % (hi - lo + 1)))
         [[ $USED_PORTS == *" $p "* ]] && continue
         if [ -z "$(ss -Htan "( sport = :$p )")" ]; then
             USED_PORTS+="$p "
