@@ -11,11 +11,14 @@
 #   ROLLOVERS=20       SIGHUP rollovers timed by the rollover section
 #   IDLE_CONNS=10000   idle keep-alive connections held by the scale section
 #   SCALE_CONNS=128    wrk connections of the scale section's thread comparison
-#   IR_DURATION=8s     length of each run under callgrind (instructions section)
+#   IR_REQUESTS=5000   keep-alive requests per target under callgrind (instructions)
+#   IR_DURATION=       if set (e.g. 8s), run that long instead of IR_REQUESTS
+#   IR_WARMUP=1000     requests per target before the instructions are counted
+#   IR_TARGETS="nginx pingora liveroll"  the instructions section's targets, in order
 #   PORTS=LO-HI        ports to listen on (default: 10000 up to the ephemeral range)
 # Defaults take about 7 minutes (3 rounds x 2 profiles x 4 targets x 10 s,
 # plus warm-up, the rollover section, the scale section's 3 x 2 x 10 s and
-# the instructions section's 3 x 11 s under valgrind).
+# the instructions section's 3 x 5000 requests under valgrind, about 25 s).
 #
 # The sections live in benches/compare/: lib.sh (building, ports, starting
 # and stopping the servers, measuring) and one file per section.
@@ -29,7 +32,10 @@ CONNS=${CONNS:-64}
 ROLLOVERS=${ROLLOVERS:-20}
 WARMUP=${WARMUP:-2s}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-IR_DURATION=${IR_DURATION:-8s}
+IR_REQUESTS=${IR_REQUESTS:-5000}
+IR_DURATION=${IR_DURATION:-}
+IR_WARMUP=${IR_WARMUP:-1000}
+IR_TARGETS=${IR_TARGETS:-nginx pingora liveroll}
 SCALE_CONNS=${SCALE_CONNS:-128}
 PORTS=${PORTS:-}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
