@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# Load comparison: the demo app direct, behind nginx, behind a plain Pingora
-# proxy, and behind liveroll. What each section measures, how, and the
-# caveats: benches/README.md.
+# Load comparison: the demo app direct, behind nginx, behind Caddy, behind a
+# plain Pingora proxy, and behind liveroll. What each section measures, how,
+# and the caveats: benches/README.md.
 #
 # Usage: benches/compare.sh [all|load|rollover|scale|instructions]  (default: all)
 #   DURATION=10s       length of each measured wrk run
@@ -14,11 +14,11 @@
 #   IR_REQUESTS=5000   keep-alive requests per target under callgrind (instructions)
 #   IR_DURATION=       if set (e.g. 8s), run that long instead of IR_REQUESTS
 #   IR_WARMUP=1000     requests per target before the instructions are counted
-#   IR_TARGETS="nginx pingora liveroll"  the instructions section's targets, in order
+#   IR_TARGETS="nginx caddy pingora liveroll"  the instructions section's targets
 #   PORTS=LO-HI        ports to listen on (default: 10000 up to the ephemeral range)
-# Defaults take about 7 minutes (3 rounds x 2 profiles x 4 targets x 10 s,
+# Defaults take about 8 minutes (3 rounds x 2 profiles x 5 targets x 10 s,
 # plus warm-up, the rollover section, the scale section's 3 x 2 x 10 s and
-# the instructions section's 3 x 5000 requests under valgrind, about 25 s).
+# the instructions section's 4 x 5000 requests under valgrind, about 45 s).
 #
 # The sections live in benches/compare/: lib.sh (building, ports, starting
 # and stopping the servers, measuring) and one file per section.
@@ -35,13 +35,14 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 IR_REQUESTS=${IR_REQUESTS:-5000}
 IR_DURATION=${IR_DURATION:-}
 IR_WARMUP=${IR_WARMUP:-1000}
-IR_TARGETS=${IR_TARGETS:-nginx pingora liveroll}
+IR_TARGETS=${IR_TARGETS:-nginx caddy pingora liveroll}
 SCALE_CONNS=${SCALE_CONNS:-128}
 PORTS=${PORTS:-}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them
 WRK_CONNS=$CONNS
 NGINX_WORKER_CONNECTIONS=4096
 LIVEROLL_ENV=()       # extra environment for liveroll (the scale section)
+CADDY_ENV=()          # extra environment for Caddy (the instructions section)
 WRAP=()               # command prefix for the proxies (the instructions section)
 case $MODE in
     all | load | rollover | scale | instructions) ;;

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Instructions section of benches/compare.sh: user-space instructions per
-# keep-alive request of nginx, the plain Pingora proxy and liveroll
+# keep-alive request of nginx, Caddy, the plain Pingora proxy and liveroll
 # (IR_TARGETS), each run under callgrind for IR_REQUESTS requests (or
 # IR_DURATION). Method and caveats: benches/README.md.
 
@@ -9,20 +9,30 @@ instructions() {
     local t run
     for t in $IR_TARGETS; do
         case $t in
-            nginx | pingora | liveroll) ;;
-            *) die "IR_TARGETS: unknown target '$t' (nginx, pingora, liveroll)" ;;
+            nginx | caddy | pingora | liveroll) ;;
+            *) die "IR_TARGETS: unknown target '$t' (nginx, caddy, pingora, liveroll)" ;;
         esac
     done
     if [ -n "$IR_DURATION" ]; then run="-d$IR_DURATION"; else run="$IR_REQUESTS requests"; fi
     log "instructions: callgrind, wrk -t1 -c16 keep-alive, warm-up $IR_WARMUP requests, then $run"
-    # nginx and the plain Pingora proxy share a backend; liveroll runs its own.
-    case " $IR_TARGETS " in *" nginx "* | *" pingora "*) start_backend ;; esac
+    # nginx, Caddy and the plain Pingora proxy share a backend; liveroll runs its own.
+    case " $IR_TARGETS " in *" nginx "* | *" caddy "* | *" pingora "*) start_backend ;; esac
     for t in $IR_TARGETS; do
         WRAP=(valgrind --tool=callgrind --callgrind-out-file="$TMP/callgrind.$t.%p")
         case $t in
             nginx)
                 start_nginx
                 count_instructions nginx "$NGINX_PID" "$NGINX_PORT"
+                ;;
+            caddy)
+                # Go preempts goroutines with signals (SIGURG), which callgrind
+                # does not survive for long; the scheduler's other preemption
+                # (at function calls) stays.
+                CADDY_ENV=(GODEBUG=asyncpreemptoff=1)
+                start_caddy
+                # shellcheck disable=SC2034 # read by lib.sh's start_caddy
+                CADDY_ENV=()
+                count_instructions caddy "$CADDY_PID" "$CADDY_PORT"
                 ;;
             pingora)
                 start_floor
@@ -55,14 +65,14 @@ count_instructions() {
     # checked by its file (valgrind names them OUT.1, OUT.2; %p in OUT is
     # the PID, as valgrind runs in the started process itself).
     local out=$TMP/wrk.out base=$TMP/callgrind.$1.$2 requests total
-    wrk_counted "$3" "$IR_WARMUP" >/dev/null
+    wrk_counted "$3" "$IR_WARMUP" "$2" >/dev/null
     settle "$2"
     callgrind_control -d "$2" >/dev/null 2>&1 # start, warm-up: dump 1, discarded
     [ -s "$base.1" ] || die "instructions: callgrind_control did not reach $1 (pid $2)"
     if [ -n "$IR_DURATION" ]; then
         wrk -t1 -c16 -d"$IR_DURATION" "http://127.0.0.1:$3/" >"$out"
     else
-        wrk_counted "$3" "$IR_REQUESTS" >"$out"
+        wrk_counted "$3" "$IR_REQUESTS" "$2" >"$out"
     fi
     settle "$2"
     callgrind_control -d "$2" >/dev/null 2>&1
@@ -77,15 +87,22 @@ count_instructions() {
     stop_pid "$2" 60 || true
 }
 
-# PORT COUNT: `wrk -t1 -c16` keep-alive until COUNT responses are in (see
-# stop_after.lua); wrk's summary on stdout. -d is only a limit.
+# PORT COUNT TARGET_PID: `wrk -t1 -c16` keep-alive until COUNT responses are
+# in (see stop_after.lua); wrk's summary on stdout. -d is only a limit.
 wrk_counted() {
     local flag=$TMP/wrk.done pid
     rm -f "$flag"
     wrk -t1 -c16 -d300s -s "$ROOT/benches/compare/stop_after.lua" \
         "http://127.0.0.1:$1/" -- "$2" "$flag" &
     pid=$!
-    while [ ! -e "$flag" ] && kill -0 "$pid" 2>/dev/null; do sleep 0.02; done
+    while [ ! -e "$flag" ] && kill -0 "$pid" 2>/dev/null; do
+        kill -0 "$3" 2>/dev/null || {
+            kill -INT "$pid"
+            wait "$pid" || true
+            die "instructions: the target (pid $3) exited during the run"
+        }
+        sleep 0.02
+    done
     # Again until it ends, in case the first came before wrk's handler was set.
     while kill -0 "$pid" 2>/dev/null; do
         kill -INT "$pid" 2>/dev/null || true

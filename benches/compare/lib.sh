@@ -31,6 +31,11 @@ install_missing() {
     command -v wrk >/dev/null || pkgs+=(wrk)
     command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || pkgs+=(nginx-light)
     command -v nstat >/dev/null && command -v ss >/dev/null || pkgs+=(iproute2)
+    case $MODE in
+        rollover) ;;
+        instructions) [[ " $IR_TARGETS " != *" caddy "* ]] || command -v caddy >/dev/null || pkgs+=(caddy) ;;
+        *) command -v caddy >/dev/null || pkgs+=(caddy) ;;
+    esac
     [ "$MODE" = load ] || [ "$MODE" = rollover ] || [ "$MODE" = scale ] ||
         command -v callgrind_control >/dev/null || pkgs+=(valgrind)
     if ((${#pkgs[@]})); then
@@ -197,6 +202,41 @@ EOF
     NGINX_PID=$!
     STARTED+=("$NGINX_PID")
     wait_ready nginx "$NGINX_PORT" "$NGINX_PID" "$dir/error.log"
+}
+
+start_caddy() { # Caddy in front of the backend, set up like nginx
+    local dir=$TMP/caddy
+    free_port CADDY_PORT
+    mkdir -p "$dir"
+    # Admin API and automatic HTTPS off; no `log` directive, so no access log.
+    # Caddy adds X-Forwarded-For/-Proto/-Host itself. Without trusted_proxies
+    # it trusts no client: it replaces any X-Forwarded-* that came in (liveroll
+    # and nginx append to X-Forwarded-For). `compression off` stops Go adding
+    # `Accept-Encoding: gzip` to the upstream request; 64 idle upstream
+    # connections kept, like nginx's `keepalive 64`.
+    cat >"$dir/Caddyfile" <<EOF
+{
+	admin off
+	auto_https off
+	grace_period 1s
+}
+http://:$CADDY_PORT {
+	bind 127.0.0.1
+	reverse_proxy 127.0.0.1:$BACKEND_PORT {
+		transport http {
+			keepalive_idle_conns_per_host 64
+			compression off
+		}
+	}
+}
+EOF
+    # GOMAXPROCS=1: one thread running Go code at a time, like the others'
+    # one worker. Caddy keeps its state (autosave.json, instance.uuid) in $dir.
+    env GOMAXPROCS=1 XDG_CONFIG_HOME="$dir" XDG_DATA_HOME="$dir" "${CADDY_ENV[@]}" \
+        "${WRAP[@]}" caddy run --config "$dir/Caddyfile" --adapter caddyfile >"$dir/caddy.log" 2>&1 &
+    CADDY_PID=$!
+    STARTED+=("$CADDY_PID")
+    wait_ready caddy "$CADDY_PORT" "$CADDY_PID" "$dir/caddy.log"
 }
 
 start_floor() { # the plain Pingora proxy in front of the backend

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Load section of benches/compare.sh: the demo app direct and behind nginx,
-# the plain Pingora proxy and liveroll, keep-alive and Connection: close,
+# Caddy, the plain Pingora proxy and liveroll, keep-alive and Connection: close,
 # ROUNDS interleaved rounds of wrk; one markdown table of medians.
 # Method and caveats: benches/README.md.
 
@@ -8,16 +8,22 @@ load() {
     install_missing
     start_backend
     start_nginx
+    start_caddy
     start_floor
     start_liveroll LR
     log "backend :$BACKEND_PORT (pid $BACKEND_PID), nginx :$NGINX_PORT (pid $NGINX_PID)," \
-        "pingora :$FLOOR_PORT (pid $FLOOR_PID), liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
-    log "nginx: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+        "caddy :$CADDY_PORT (pid $CADDY_PID), pingora :$FLOOR_PORT (pid $FLOOR_PID)," \
+        "liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
+    log "nginx: $(nginx -v 2>&1 || /usr/sbin/nginx -v 2>&1); caddy: $(caddy version);" \
+        "wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
 
-    local -A port=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [pingora]=$FLOOR_PORT [liveroll]=$LR_PORT)
-    local -A proxy=([direct]=- [nginx]=$NGINX_PID [pingora]=$FLOOR_PID [liveroll]=$LR_PID)
-    local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [pingora]=$BACKEND_PID [liveroll]=$LR_CHILD)
-    local targets=(direct nginx pingora liveroll) profiles=(keepalive close) t p r
+    local -A port=([direct]=$BACKEND_PORT [nginx]=$NGINX_PORT [caddy]=$CADDY_PORT
+        [pingora]=$FLOOR_PORT [liveroll]=$LR_PORT)
+    local -A proxy=([direct]=- [nginx]=$NGINX_PID [caddy]=$CADDY_PID [pingora]=$FLOOR_PID
+        [liveroll]=$LR_PID)
+    local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [caddy]=$BACKEND_PID
+        [pingora]=$BACKEND_PID [liveroll]=$LR_CHILD)
+    local targets=(direct nginx caddy pingora liveroll) profiles=(keepalive close) t p r
 
     log "warm-up: $WARMUP per target"
     for t in "${targets[@]}"; do

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # Scale section of benches/compare.sh: user-space memory per idle keep-alive
-# connection (liveroll, nginx, the plain Pingora proxy), then liveroll's
+# connection (liveroll, nginx, Caddy, the plain Pingora proxy), then liveroll's
 # throughput with one and two worker threads. Method: benches/README.md.
 
 declare -A IDLE # "row|field" -> value
@@ -30,6 +30,9 @@ scale() {
     start_nginx
     log "  nginx :$NGINX_PORT (pid $NGINX_PID, worker_connections $NGINX_WORKER_CONNECTIONS)"
     idle_measure "nginx (1 worker process)" "$NGINX_PORT" "$NGINX_PID"
+    start_caddy
+    log "  caddy :$CADDY_PORT (pid $CADDY_PID, GOMAXPROCS=1)"
+    idle_measure "caddy (GOMAXPROCS=1)" "$CADDY_PORT" "$CADDY_PID"
     start_floor
     log "  pingora :$FLOOR_PORT (pid $FLOOR_PID, threads: 1)"
     idle_measure "pingora (plain, threads: 1)" "$FLOOR_PORT" "$FLOOR_PID"
