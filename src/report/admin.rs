@@ -90,6 +90,7 @@ async fn answer(mut stream: TcpStream, peer: SocketAddr, handler: Arc<Handler>) 
                 held: handler.backends.waiting(),
                 healthy_backends: handler.backends.eligible(),
                 current_id: handler.reporter.current_id(),
+                children: handler.reporter.child_figures(),
             };
             Reply {
                 content_type: "text/plain; version=0.0.4",

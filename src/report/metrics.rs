@@ -6,6 +6,8 @@
 //! the present are set when a scrape renders them.
 
 use std::sync::LazyLock;
+
+use super::child_metrics::{self, ChildFigures};
 use std::time::Duration;
 
 use prometheus::core::Collector;
@@ -48,6 +50,7 @@ pub struct Live {
     pub held: usize,
     pub healthy_backends: usize,
     pub current_id: Option<String>,
+    pub children: Vec<ChildFigures>,
 }
 
 impl Metrics {
@@ -170,7 +173,9 @@ impl Metrics {
         }
         let mut out = Vec::with_capacity(4096);
         // Only fails on invalid families, which registration already refused.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut families = self.registry.gather();
+        families.extend(child_metrics::families(&live.children));
+        let _ = TextEncoder::new().encode(&families, &mut out);
         String::from_utf8(out).unwrap_or_default()
     }
 }
@@ -189,10 +194,19 @@ mod tests {
         m.retry();
         m.rollout(Rollout::Rolled(Duration::from_millis(70)));
         m.rollout(Rollout::Failed);
+        let child = crate::serve::stats::Stats::default();
+        child.response(200, Duration::from_micros(300));
+        child.response(502, Duration::from_millis(3));
+        child.upstream_error();
         let live = Live {
             held: 2,
             healthy_backends: 1,
             current_id: Some("sha\"1".into()),
+            children: vec![ChildFigures {
+                id: "v2".into(),
+                generation: 7,
+                stats: child.snapshot(),
+            }],
         };
         let text = m.render(&live);
         for line in [
@@ -208,6 +222,14 @@ mod tests {
             "liveroll_rollout_duration_seconds_bucket{le=\"+Inf\"} 1",
             "liveroll_rollout_duration_seconds_count 1",
             "liveroll_current_id_info{id=\"sha\\\"1\"} 1",
+            "liveroll_child_requests_total{id=\"v2\",child=\"7\",class=\"2xx\"} 1",
+            "liveroll_child_requests_total{id=\"v2\",child=\"7\",class=\"5xx\"} 1",
+            "liveroll_child_upstream_errors_total{id=\"v2\",child=\"7\"} 1",
+            "liveroll_child_response_seconds_bucket{id=\"v2\",child=\"7\",le=\"0.00025\"} 0",
+            "liveroll_child_response_seconds_bucket{id=\"v2\",child=\"7\",le=\"0.0005\"} 1",
+            "liveroll_child_response_seconds_bucket{id=\"v2\",child=\"7\",le=\"0.004\"} 2",
+            "liveroll_child_response_seconds_bucket{id=\"v2\",child=\"7\",le=\"+Inf\"} 2",
+            "liveroll_child_response_seconds_count{id=\"v2\",child=\"7\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -4,6 +4,7 @@
 //! anything.
 
 pub mod admin;
+pub mod child_metrics;
 pub mod event;
 pub mod metrics;
 pub mod notify;

@@ -191,6 +191,22 @@ impl Reporter {
         slots::current(self.children.borrow().iter()).map(|c| c.info.id.clone())
     }
 
+    /// Each running child's request figures, for `/metrics`.
+    pub fn child_figures(&self) -> Vec<super::child_metrics::ChildFigures> {
+        let children = self.children.borrow();
+        children
+            .iter()
+            .filter_map(|c| {
+                let backend = c.backend.as_ref()?;
+                Some(super::child_metrics::ChildFigures {
+                    id: c.info.id.clone(),
+                    generation: c.info.generation,
+                    stats: backend.stats.snapshot(),
+                })
+            })
+            .collect()
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> Value {
         let state = self.state.lock().unwrap();

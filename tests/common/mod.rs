@@ -173,6 +173,17 @@ impl Liveroll {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Liveroll {
+        Self::start_with_exec(scratch, ports, &scratch.exec_cmd(), extra, env)
+    }
+
+    /// As [`Liveroll::start_with_env`], with another `--exec` command.
+    pub fn start_with_exec(
+        scratch: &Scratch,
+        ports: Ports,
+        exec: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Liveroll {
         let mut args: Vec<String> = vec![
             "--bind".into(),
             "127.0.0.1".into(),
@@ -187,7 +198,7 @@ impl Liveroll {
             "--id".into(),
             scratch.id_cmd(),
             "--exec".into(),
-            scratch.exec_cmd(),
+            exec.into(),
             "--interval".into(),
             "1h".into(),
             "--health-timeout".into(),
