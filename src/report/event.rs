@@ -1,12 +1,16 @@
 //! Everything the engine tells the reporter, as plain values, and the log
 //! line each one is shown as. Operators grep these lines (and so do the
-//! tests), so each is pinned by a unit test below.
+//! tests), so each is pinned by a unit test below. Values that come from
+//! outside (IDs, commands, error texts) are quoted when they could be read
+//! as more than one field ([`super::logfmt`]).
 
 use std::fmt::Write;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use log::Level;
+
+use super::logfmt::q;
 
 use crate::process::command::CommandError;
 use crate::update::bake::{Evidence, Rule};
@@ -258,7 +262,7 @@ impl Event {
                 format!("event=update trigger={} forced={}", trigger.reason, trigger.forced),
             ),
             Pulling { trigger } => (Debug, format!("event=pull trigger={trigger}")),
-            IdRead { id, unchanged: true, .. } => (Debug, format!("event=id id={id}")),
+            IdRead { id, unchanged: true, .. } => (Debug, format!("event=id id={}", q(id))),
             IdRead {
                 id,
                 serving,
@@ -266,7 +270,11 @@ impl Event {
                 ..
             } => (
                 Info,
-                format!("event=id id={id} serving_id={} forced={forced}", id_or_none(serving)),
+                format!(
+                    "event=id id={} serving_id={} forced={forced}",
+                    q(id),
+                    q(id_or_none(serving))
+                ),
             ),
             Spawned { child, cmd } => (Info, format!("event=spawn {} cmd={cmd:?}", fields(child))),
             Healthy { child } => (Info, format!("event=healthy {}", fields(child))),
@@ -351,8 +359,8 @@ impl Event {
                     Info,
                     format!(
                         "event=bake id={} previous_id={} window={} canary={canary}",
-                        new.id,
-                        previous.id,
+                        q(&new.id),
+                        q(&previous.id),
                         humantime::format_duration(*window)
                     ),
                 )
@@ -361,8 +369,8 @@ impl Event {
                 Info,
                 format!(
                     "event=promoted id={} previous_id={} reason={}",
-                    new.id,
-                    previous.id,
+                    q(&new.id),
+                    q(&previous.id),
                     why.as_str()
                 ),
             ),
@@ -376,8 +384,8 @@ impl Event {
                 format!(
                     "event=rolled-back rule={} id={} previous_id={} {evidence}",
                     rule.as_str(),
-                    new.id,
-                    previous.id
+                    q(&new.id),
+                    q(&previous.id)
                 ),
             ),
             Control { command, answer } => {
@@ -437,7 +445,7 @@ impl Event {
 
 /// The line that ends an update: unchanged, rolled or failed.
 fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) -> (Level, String) {
-    let serving_id = serving.map_or("none", |c| c.id.as_str());
+    let serving_id = q(serving.map_or("none", |c| c.id.as_str()));
     match (outcome, serving) {
         (Outcome::Unchanged, _) => (
             Level::Debug,
@@ -445,13 +453,16 @@ fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) 
         ),
         (Outcome::Quarantined(id), _) => (
             Level::Info,
-            format!("event=quarantined trigger={trigger} id={id} serving_id={serving_id}"),
+            format!(
+                "event=quarantined trigger={trigger} id={} serving_id={serving_id}",
+                q(id)
+            ),
         ),
         (Outcome::Rolled(took), Some(c)) => (
             Level::Info,
             format!(
                 "event=rolled trigger={trigger} id={} slot={} port={} pid={} took_ms={}",
-                c.id,
+                q(&c.id),
                 c.slot + 1,
                 c.port,
                 c.pid,
@@ -497,7 +508,7 @@ fn fields(child: &ChildInfo) -> String {
         child.slot + 1,
         child.port,
         child.pid,
-        child.id
+        q(&child.id)
     )
 }
 
@@ -907,6 +918,47 @@ mod tests {
             line(e),
             "ERROR event=update_failed trigger=sighup step=slot error=\"child port 9101 already in use by another process\" serving_id=v2"
         );
+    }
+
+    /// An ID is whatever `--id` printed: one that could pass for more
+    /// fields (`v1 event=rolled`) is quoted wherever it is interpolated.
+    #[test]
+    fn ids_that_could_forge_fields_are_quoted() {
+        let forged = "v1 event=forged ok=1";
+        let quoted = r#""v1 event=forged ok=1""#;
+        let mut bad = child();
+        bad.id = forged.into();
+        let lines = [
+            line(Event::IdRead {
+                id: forged.into(),
+                serving: Some(forged.into()),
+                forced: false,
+                unchanged: false,
+            }),
+            line(Event::Healthy { child: bad.clone() }),
+            line(Event::Promoted {
+                new: bad.clone(),
+                previous: bad.clone(),
+                why: Promotion::Passed,
+            }),
+            line(Event::UpdateDone {
+                trigger: trigger(Reason::Interval),
+                outcome: Outcome::Rolled(SECOND),
+                serving: Some(bad.clone()),
+                took: SECOND,
+            }),
+            line(Event::UpdateDone {
+                trigger: trigger(Reason::Interval),
+                outcome: Outcome::Quarantined(forged.into()),
+                serving: Some(bad),
+                took: SECOND,
+            }),
+        ];
+        for l in lines {
+            assert!(l.contains(&format!("id={quoted}")), "{l}");
+            let rest = l.replace(quoted, "");
+            assert_eq!(rest.matches("event=").count(), 1, "{l}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod event;
+pub mod logfmt;
 pub mod metrics;
 pub mod notify;
 pub mod redact;

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 use super::backends::{BackendSet, Lease};
 use super::canary;
 use super::forwarded::forwarded_for;
+use crate::report::logfmt::q;
 use crate::report::metrics::METRICS;
 
 /// Attempts per request. Each failed attempt ejects its backend for
@@ -316,7 +317,9 @@ impl ProxyHttp for Proxy {
                 req.uri.path_and_query().map_or("", |p| p.as_str()),
                 ctx.attempts,
                 started.elapsed().as_secs_f64() * 1000.0,
-                error.map(|e| format!(" error=\"{e}\"")).unwrap_or_default(),
+                error
+                    .map(|e| format!(" error={}", q(&e.to_string())))
+                    .unwrap_or_default(),
             );
         }
     }
