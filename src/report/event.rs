@@ -217,6 +217,26 @@ pub enum Event {
         port: u16,
         passed_checks: u32,
     },
+    /// A child out of rotation for being overloaded now fails its checks
+    /// outright: it is replaced.
+    FailingWhileShed {
+        port: u16,
+        failed_checks: u32,
+    },
+    /// Probes time out while the child keeps completing requests: it is
+    /// never replaced for it. `shed`: out of rotation, as another child
+    /// serves; else it stays (said once per episode).
+    Overloaded {
+        port: u16,
+        busy_checks: u32,
+        inflight: usize,
+        shed: bool,
+    },
+    /// liveroll could not open a probe's socket (out of descriptors): the
+    /// check counts for nothing.
+    ProbeSkipped {
+        port: u16,
+    },
     Signal {
         name: &'static str,
         action: SignalAction,
@@ -420,6 +440,35 @@ impl Event {
             } => (
                 Info,
                 format!("event=recovered port={port} passed_checks={passed_checks}"),
+            ),
+            FailingWhileShed {
+                port,
+                failed_checks,
+            } => (
+                Warn,
+                format!("event=unhealthy port={port} failed_checks={failed_checks} action=replace"),
+            ),
+            Overloaded {
+                port,
+                busy_checks,
+                inflight,
+                shed,
+            } => {
+                let (action, why) = match shed {
+                    true => ("out-of-rotation", "another child serves"),
+                    false => ("keep", "no other child serves"),
+                };
+                (
+                    Warn,
+                    format!(
+                        "event=overloaded port={port} busy_checks={busy_checks} inflight={inflight} \
+                         action={action} reason=\"probes time out while it completes requests; {why}\""
+                    ),
+                )
+            }
+            ProbeSkipped { port } => (
+                Debug,
+                format!("event=probe_skipped port={port} reason=\"liveroll is out of file descriptors\""),
             ),
             Signal { name, action } => {
                 let action = match action {
@@ -980,6 +1029,53 @@ mod tests {
             passed_checks: 2,
         };
         assert_eq!(line(e), "INFO event=recovered port=9101 passed_checks=2");
+    }
+
+    #[test]
+    fn failing_while_shed() {
+        let e = Event::FailingWhileShed {
+            port: 9101,
+            failed_checks: 3,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=unhealthy port=9101 failed_checks=3 action=replace"
+        );
+    }
+
+    #[test]
+    fn overloaded() {
+        let e = Event::Overloaded {
+            port: 9101,
+            busy_checks: 3,
+            inflight: 12,
+            shed: false,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=overloaded port=9101 busy_checks=3 inflight=12 action=keep \
+             reason=\"probes time out while it completes requests; no other child serves\""
+        );
+        let e = Event::Overloaded {
+            port: 9101,
+            busy_checks: 3,
+            inflight: 12,
+            shed: true,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=overloaded port=9101 busy_checks=3 inflight=12 action=out-of-rotation \
+             reason=\"probes time out while it completes requests; another child serves\""
+        );
+    }
+
+    #[test]
+    fn probe_skipped() {
+        let e = Event::ProbeSkipped { port: 9101 };
+        assert_eq!(
+            line(e),
+            "DEBUG event=probe_skipped port=9101 reason=\"liveroll is out of file descriptors\""
+        );
     }
 
     #[test]
