@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
+use crate::serve::forwarded::Cidr;
+
 /// Zero-downtime rolling updates for one process behind a reverse proxy.
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -213,6 +215,16 @@ pub struct Config {
     /// Log one line per proxied request (log target `access`).
     #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
     pub access_log: bool,
+
+    /// Addresses or CIDR blocks of proxies in front (a load balancer) whose
+    /// X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced.
+    #[arg(
+        long,
+        env = "LIVEROLL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR,..."
+    )]
+    pub trusted_proxies: Vec<Cidr>,
 
     /// Pingora YAML file for worker tuning (threads, keep-alive pool, ...).
     #[arg(short = 'c', long, env = "LIVEROLL_CONF", value_name = "FILE")]
@@ -495,6 +507,14 @@ mod tests {
         for bad in ["", "10", "ten seconds", "-1s", "5 parsecs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_take_a_list() {
+        assert!(parse(&[]).unwrap().trusted_proxies.is_empty());
+        let c = parse(&["--trusted-proxies", "10.0.0.0/8,::1"]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use pingora_core::services::background::background_service;
 use liveroll::config::Config;
 use liveroll::report::admin::Listeners;
 use liveroll::serve::backends::BackendSet;
+use liveroll::serve::forwarded::Trusted;
 use liveroll::serve::proxy::{Proxy, Settings};
 use liveroll::update::state::StateFile;
 use liveroll::update::supervisor::Supervisor;
@@ -106,6 +107,7 @@ fn proxy_service(
         max_held: config.max_held,
         access_log: config.access_log,
         canary_by: config.canary_by,
+        trusted: Trusted::new(config.trusted_proxies.clone()),
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,

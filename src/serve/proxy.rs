@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 use log::info;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::HttpPeer;
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 
 use super::backends::{BackendSet, Lease};
 use super::canary;
-use super::forwarded::forwarded_for;
+use super::forwarded::{self, Trusted};
 use crate::report::logfmt::q;
 use crate::report::metrics::METRICS;
 
@@ -32,11 +31,6 @@ const MAX_ATTEMPTS: u8 = 8;
 /// How long a backend that refused a connection is passed over.
 const EJECT_FOR: Duration = Duration::from_secs(1);
 
-// Looked up as constants, so no lookup parses a header name per request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 pub struct Settings {
     /// How long a request may wait for a healthy child.
     pub hold_timeout: Duration,
@@ -46,6 +40,8 @@ pub struct Settings {
     pub access_log: bool,
     /// How a client is kept on its side of a canary.
     pub canary_by: canary::By,
+    /// `--trusted-proxies`: whose forwarding headers are kept.
+    pub trusted: Trusted,
 }
 
 pub struct Proxy {
@@ -235,33 +231,20 @@ impl ProxyHttp for Proxy {
     }
 
     /// Standard forwarding headers (hop-by-hop headers are already stripped by
-    /// Pingora's default upstream request policy). An `X-Forwarded-Proto` or
-    /// `-Host` set by a load balancer in front is kept; the client address is
-    /// appended to `X-Forwarded-For` like nginx's `$proxy_add_x_forwarded_for`.
+    /// Pingora's default upstream request policy), trusted only from
+    /// `--trusted-proxies` (see `forwarded`).
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session
+        let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let prior = req.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
-            let value = forwarded_for(prior.filter(|v| !v.is_empty()), ip);
-            req.insert_header("X-Forwarded-For", value.map_err(|_| bad_header())?)?;
-        }
-        if !req.headers.contains_key(&X_FORWARDED_PROTO) {
-            req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
-        }
-        if !req.headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-                req.insert_header("X-Forwarded-Host", host)?;
-            }
-        }
-        Ok(())
+            .map(|a| a.ip());
+        let trusted = client.is_some_and(|ip| self.settings.trusted.contains(ip));
+        forwarded::apply(req, client, trusted)
     }
 
     /// The child answered: its figures count the status and how long the
@@ -332,10 +315,6 @@ impl ProxyHttp for Proxy {
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             )
     }
-}
-
-fn bad_header() -> Box<Error> {
-    Error::explain(ErrorType::InvalidHTTPHeader, "invalid X-Forwarded-For")
 }
 
 /// Whether the request announces a body (HTTP/1.1 framing headers).
