@@ -216,6 +216,11 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Largest request body accepted (bytes; k, m, g suffixes are 1024-based);
+    /// larger ones get 413 [default: no limit].
+    #[arg(long, env = "LIVEROLL_MAX_BODY_SIZE", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body_size: Option<u64>,
+
     /// Addresses or CIDR blocks of proxies in front (a load balancer) whose
     /// X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced.
     #[arg(
@@ -419,6 +424,27 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A byte count: `1048576`, `512k`, `10m`, `1g` (also `kb`, `KiB`, ...;
+/// all 1024-based).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("'{s}' is not a size (examples: 65536, 512k, 10m, 1g)");
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(bad()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(bad)
+}
+
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.trim().parse::<u16>() {
         Ok(0) => Err("port must be between 1 and 65535, not 0".into()),
@@ -515,6 +541,26 @@ mod tests {
         let c = parse(&["--trusted-proxies", "10.0.0.0/8,::1"]).unwrap();
         assert_eq!(c.trusted_proxies.len(), 2);
         assert!(parse(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        for (text, want) in [
+            ("0", 0),
+            ("1024", 1024),
+            ("1k", 1024),
+            ("64KiB", 65536),
+            ("10m", 10 << 20),
+            ("1G", 1 << 30),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in ["", "k", "1.5m", "10 parsecs", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse(&[]).unwrap().max_body_size, None);
+        let c = parse(&["--max-body-size", "10m"]).unwrap();
+        assert_eq!(c.max_body_size, Some(10 << 20));
     }
 
     #[test]

@@ -107,6 +107,7 @@ fn proxy_service(
         max_held: config.max_held,
         access_log: config.access_log,
         canary_by: config.canary_by,
+        max_body_size: config.max_body_size,
         trusted: Trusted::new(config.trusted_proxies.clone()),
     };
     let mut proxy = pingora_proxy::http_proxy_service_with_name(

@@ -7,3 +7,4 @@ pub mod canary;
 pub mod forwarded;
 pub mod proxy;
 pub mod stats;
+pub mod strict;

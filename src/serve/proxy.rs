@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::HOST;
+use http::HeaderValue;
 use log::info;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::HttpPeer;
@@ -19,6 +21,7 @@ use tokio::time::Instant;
 use super::backends::{BackendSet, Lease};
 use super::canary;
 use super::forwarded::{self, Trusted};
+use super::strict::{self, Body, BodyLimit};
 use crate::report::logfmt::q;
 use crate::report::metrics::METRICS;
 
@@ -40,6 +43,8 @@ pub struct Settings {
     pub access_log: bool,
     /// How a client is kept on its side of a canary.
     pub canary_by: canary::By,
+    /// `--max-body-size`: larger request bodies get 413.
+    pub max_body_size: Option<u64>,
     /// `--trusted-proxies`: whose forwarding headers are kept.
     pub trusted: Trusted,
 }
@@ -79,6 +84,9 @@ pub struct Ctx {
     started: std::time::Instant,
     /// A canary runs and this client had no cookie for it yet.
     set_cookie: Option<String>,
+    /// The request body is chunked, and counted against `--max-body-size`.
+    chunked: bool,
+    body: BodyLimit,
 }
 
 #[async_trait]
@@ -96,6 +104,8 @@ impl ProxyHttp for Proxy {
             hold_until: None,
             started: std::time::Instant::now(),
             set_cookie: None,
+            chunked: false,
+            body: BodyLimit::default(),
         }
     }
 
@@ -103,6 +113,15 @@ impl ProxyHttp for Proxy {
     /// the only child died and its replacement is starting). A request
     /// without a body notices its client leaving while it waits.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // What Pingora lets through and nginx refuses, before any child sees
+        // the request.
+        match strict::check_request(session.req_header(), self.settings.max_body_size) {
+            Ok(body) => ctx.chunked = body == Body::Chunked,
+            Err(refusal) => {
+                strict::refuse(session, refusal).await?;
+                return Ok(true);
+            }
+        }
         ctx.lease = self.backends.select_routed(|c| {
             let client = session
                 .client_addr()
@@ -218,7 +237,13 @@ impl ProxyHttp for Proxy {
             }
         }
         let idempotent = session.req_header().method.is_idempotent();
-        if !idempotent || session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS
+        // A status of liveroll's own (413 for a body over the limit) is the
+        // answer, not a failure to retry.
+        let own_answer = matches!(e.etype(), ErrorType::HTTPStatus(_));
+        if !idempotent
+            || own_answer
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.attempts >= MAX_ATTEMPTS
         {
             e.set_retry(false);
         } else {
@@ -230,15 +255,46 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// Counts a chunked body against `--max-body-size` as it arrives.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (true, Some(max), Some(data)) = (ctx.chunked, self.settings.max_body_size, body) {
+            if ctx.body.add(data.len(), max).is_err() {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over --max-body-size",
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Standard forwarding headers (hop-by-hop headers are already stripped by
     /// Pingora's default upstream request policy), trusted only from
-    /// `--trusted-proxies` (see `forwarded`).
+    /// `--trusted-proxies` (see `forwarded`). An HTTP/1.0 request without
+    /// `Host` gets the address the client connected to, as nginx's
+    /// `$host` falls back to its server: the request goes on as HTTP/1.1,
+    /// which needs one.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
+        if !req.headers.contains_key(HOST) {
+            if let Some(host) = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
+            {
+                req.insert_header(HOST, host)?;
+            }
+        }
         let client = session
             .client_addr()
             .and_then(|a| a.as_inet())
@@ -265,13 +321,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Keeps a new client on its side of a canary.
+    /// Keeps a new client on its side of a canary; and liveroll's own HTTP
+    /// version, and no chunked encoding for HTTP/1.0 clients (see
+    /// `strict::fix_response`).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strict::fix_response(session, response);
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header("Set-Cookie", cookie)?;
         }
