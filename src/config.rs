@@ -216,6 +216,21 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Time a client has to send a whole request header, from its first
+    /// byte (then 408); also how long a new connection may stay silent.
+    #[arg(long, env = "LIVEROLL_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// How long an idle client connection is kept open between requests
+    /// (0s: no keep-alive).
+    #[arg(long, env = "LIVEROLL_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
+    pub keepalive_timeout: Duration,
+
+    /// Most client connections open at once; more wait in the listen
+    /// backlog [default: from the file descriptor limit, see README].
+    #[arg(long, env = "LIVEROLL_MAX_CONNECTIONS", value_parser = parse_positive, value_name = "N")]
+    pub max_connections: Option<usize>,
+
     /// Largest request body accepted (bytes; k, m, g suffixes are 1024-based);
     /// larger ones get 413 [default: no limit].
     #[arg(long, env = "LIVEROLL_MAX_BODY_SIZE", value_parser = parse_size, value_name = "SIZE")]
@@ -330,6 +345,7 @@ impl Config {
             ("--interval", self.interval),
             ("--health-timeout", self.health_timeout),
             ("--command-timeout", self.command_timeout),
+            ("--header-timeout", self.header_timeout),
         ] {
             if value.is_zero() {
                 return Err((
@@ -443,6 +459,13 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok()
         .and_then(|n| n.checked_mul(1 << shift))
         .ok_or_else(bad)
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {
@@ -561,6 +584,19 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().max_body_size, None);
         let c = parse(&["--max-body-size", "10m"]).unwrap();
         assert_eq!(c.max_body_size, Some(10 << 20));
+    }
+
+    #[test]
+    fn connection_limits_parse() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.header_timeout, Duration::from_secs(60));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.max_connections, None);
+        let c = parse(&["--max-connections", "100", "--keepalive-timeout", "0s"]).unwrap();
+        assert_eq!(c.max_connections, Some(100));
+        assert!(c.keepalive_timeout.is_zero());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--header-timeout", "0s"]).is_err());
     }
 
     #[test]

@@ -237,6 +237,27 @@ pub enum Event {
     ProbeSkipped {
         port: u16,
     },
+    /// At startup: the descriptor limit in effect (raised from the one
+    /// inherited) and `--max-connections`.
+    Limits {
+        nofile: u64,
+        inherited_nofile: u64,
+        max_connections: usize,
+    },
+    /// At startup: `--max-connections` leaves no room for upstream
+    /// connections and the reserve within the descriptor limit.
+    MaxConnectionsUnsafe {
+        max_connections: usize,
+        safe: usize,
+        nofile: u64,
+    },
+    /// At startup: a child port is inside the kernel's ephemeral port range
+    /// `range`, where any outgoing connection may take it.
+    EphemeralPort {
+        key: &'static str,
+        port: u16,
+        range: (u16, u16),
+    },
     Signal {
         name: &'static str,
         action: SignalAction,
@@ -262,6 +283,13 @@ pub enum Event {
 }
 
 impl Event {
+    /// Writes this event's log line, and nothing else (for what happens
+    /// before the reporter exists, at startup).
+    pub fn log(&self) {
+        let (level, line) = self.log_line();
+        log::log!(level, "{line}");
+    }
+
     /// The log line for this event, with its level.
     pub fn log_line(&self) -> (Level, String) {
         use Event::*;
@@ -469,6 +497,37 @@ impl Event {
             ProbeSkipped { port } => (
                 Debug,
                 format!("event=probe_skipped port={port} reason=\"liveroll is out of file descriptors\""),
+            ),
+            Limits {
+                nofile,
+                inherited_nofile,
+                max_connections,
+            } => (
+                Info,
+                format!("event=limits nofile={nofile} inherited_nofile={inherited_nofile} max_connections={max_connections}"),
+            ),
+            MaxConnectionsUnsafe {
+                max_connections,
+                safe,
+                nofile,
+            } => (
+                Warn,
+                format!(
+                    "event=config_warning key=max-connections value={max_connections} safe={safe} \
+                     reason=\"each connection may need two of the {nofile} descriptors: accept may fail with EMFILE\""
+                ),
+            ),
+            EphemeralPort {
+                key,
+                port,
+                range: (lo, hi),
+            } => (
+                Warn,
+                format!(
+                    "event=config_warning key={key} value={port} reason=\"inside the kernel's ephemeral \
+                     port range {lo}-{hi}: outgoing connections may take it; pick a port below {lo} \
+                     or add it to net.ipv4.ip_local_reserved_ports\""
+                ),
             ),
             Signal { name, action } => {
                 let action = match action {
@@ -1075,6 +1134,44 @@ mod tests {
         assert_eq!(
             line(e),
             "DEBUG event=probe_skipped port=9101 reason=\"liveroll is out of file descriptors\""
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let e = Event::Limits {
+            nofile: 4096,
+            inherited_nofile: 1024,
+            max_connections: 1952,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=limits nofile=4096 inherited_nofile=1024 max_connections=1952"
+        );
+        let e = Event::MaxConnectionsUnsafe {
+            max_connections: 5000,
+            safe: 1952,
+            nofile: 4096,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=config_warning key=max-connections value=5000 safe=1952 \
+             reason=\"each connection may need two of the 4096 descriptors: accept may fail with EMFILE\""
+        );
+    }
+
+    #[test]
+    fn ephemeral_port() {
+        let e = Event::EphemeralPort {
+            key: "child-port2",
+            port: 40000,
+            range: (32768, 60999),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=config_warning key=child-port2 value=40000 reason=\"inside the kernel's \
+             ephemeral port range 32768-60999: outgoing connections may take it; pick a port \
+             below 32768 or add it to net.ipv4.ip_local_reserved_ports\""
         );
     }
 

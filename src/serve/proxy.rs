@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use super::backends::{BackendSet, Lease};
 use super::canary;
 use super::forwarded::{self, Trusted};
+use super::stream::EdgeStream;
 use super::strict::{self, Body, BodyLimit};
+use crate::process::limits::is_exhaustion;
 use crate::report::logfmt::q;
 use crate::report::metrics::METRICS;
 
@@ -47,6 +49,8 @@ pub struct Settings {
     pub max_body_size: Option<u64>,
     /// `--trusted-proxies`: whose forwarding headers are kept.
     pub trusted: Trusted,
+    /// `--keepalive-timeout` is not zero: client connections may be reused.
+    pub keepalive: bool,
 }
 
 pub struct Proxy {
@@ -114,13 +118,26 @@ impl ProxyHttp for Proxy {
     /// without a body notices its client leaving while it waits.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         // What Pingora lets through and nginx refuses, before any child sees
-        // the request.
-        match strict::check_request(session.req_header(), self.settings.max_body_size) {
-            Ok(body) => ctx.chunked = body == Body::Chunked,
+        // the request; and the connection's stream learns the header is done.
+        let checked = strict::check_request(session.req_header(), self.settings.max_body_size);
+        let stream = EdgeStream::of(session.as_downstream());
+        match checked {
+            Ok(body) => {
+                if let Some(stream) = stream {
+                    stream.header_done(body.wire_len());
+                }
+                ctx.chunked = body == Body::Chunked;
+            }
             Err(refusal) => {
+                if let Some(stream) = stream {
+                    stream.close_after_response();
+                }
                 strict::refuse(session, refusal).await?;
                 return Ok(true);
             }
+        }
+        if !self.settings.keepalive {
+            session.set_keepalive(None);
         }
         ctx.lease = self.backends.select_routed(|c| {
             let client = session
@@ -150,9 +167,9 @@ impl ProxyHttp for Proxy {
             if has_body {
                 std::future::pending::<()>().await;
             }
-            // Ends when the client closes, breaks, or sends more: Pingora keeps
-            // no byte it reads here, so a pipelined next request could not go
-            // on either, and gets its 503 now rather than a failure later.
+            // Ends when the client closes or breaks. A pipelined next request
+            // does not end it: with pipelining on, Pingora keeps its first
+            // byte for the next session and this read stays pending.
             let _ = downstream.read_body_or_idle(true).await;
         };
         ctx.lease = tokio::select! {
@@ -200,6 +217,17 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if out_of_descriptors(&e) {
+            // liveroll's own failure, not the child's: no ejection, no
+            // error on its figures, and no retry that would fail the same
+            // way at once.
+            ctx.lease = None;
+            return Error::because(
+                ErrorType::HTTPStatus(503),
+                "liveroll is out of file descriptors",
+                e,
+            );
+        }
         if let Some(lease) = ctx.lease.take() {
             lease.backend().stats.upstream_error();
             self.backends.eject(lease.backend(), EJECT_FOR);
@@ -374,6 +402,15 @@ impl ProxyHttp for Proxy {
                 ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
             )
     }
+}
+
+/// Whether an error is liveroll running out of descriptors (or memory for
+/// sockets): `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` at its root.
+pub fn out_of_descriptors(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.raw_os_error())
+        .is_some_and(is_exhaustion)
 }
 
 /// Whether the request announces a body (HTTP/1.1 framing headers).

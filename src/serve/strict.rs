@@ -1,6 +1,9 @@
 //! HTTP/1.1 at the edge, per request: the checks a request must pass before
 //! anything of it reaches a child, and the fixes a child's response gets
-//! before it reaches the client. Called from small hooks in the proxy.
+//! before it reaches the client. Called from small hooks in the proxy; the
+//! connection-level rules (header and keep-alive timeouts, 414/431,
+//! malformed request lines, the connection limit) are in `connection`,
+//! `stream`, `head` and `admission`.
 //!
 //! Nothing here allocates or formats on the path of an accepted request.
 
