@@ -11,6 +11,8 @@ use std::time::Duration;
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser};
 
+use crate::serve::forwarded::Cidr;
+
 /// Zero-downtime rolling updates for one process behind a reverse proxy.
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -214,6 +216,36 @@ pub struct Config {
     #[arg(long, env = "LIVEROLL_ACCESS_LOG")]
     pub access_log: bool,
 
+    /// Time a client has to send a whole request header, from its first
+    /// byte (then 408); also how long a new connection may stay silent.
+    #[arg(long, env = "LIVEROLL_HEADER_TIMEOUT", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
+
+    /// How long an idle client connection is kept open between requests
+    /// (0s: no keep-alive).
+    #[arg(long, env = "LIVEROLL_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_duration, value_name = "DURATION")]
+    pub keepalive_timeout: Duration,
+
+    /// Most client connections open at once; more wait in the listen
+    /// backlog [default: from the file descriptor limit, see README].
+    #[arg(long, env = "LIVEROLL_MAX_CONNECTIONS", value_parser = parse_positive, value_name = "N")]
+    pub max_connections: Option<usize>,
+
+    /// Largest request body accepted (bytes; k, m, g suffixes are 1024-based);
+    /// larger ones get 413 [default: no limit].
+    #[arg(long, env = "LIVEROLL_MAX_BODY_SIZE", value_parser = parse_size, value_name = "SIZE")]
+    pub max_body_size: Option<u64>,
+
+    /// Addresses or CIDR blocks of proxies in front (a load balancer) whose
+    /// X-Forwarded-* and Forwarded headers are kept; anyone else's are replaced.
+    #[arg(
+        long,
+        env = "LIVEROLL_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR,..."
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+
     /// Pingora YAML file for worker tuning (threads, keep-alive pool, ...).
     #[arg(short = 'c', long, env = "LIVEROLL_CONF", value_name = "FILE")]
     pub conf: Option<String>,
@@ -313,6 +345,7 @@ impl Config {
             ("--interval", self.interval),
             ("--health-timeout", self.health_timeout),
             ("--command-timeout", self.command_timeout),
+            ("--header-timeout", self.header_timeout),
         ] {
             if value.is_zero() {
                 return Err((
@@ -407,6 +440,34 @@ fn parse_percent(s: &str) -> Result<f64, String> {
     }
 }
 
+/// A byte count: `1048576`, `512k`, `10m`, `1g` (also `kb`, `KiB`, ...;
+/// all 1024-based).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let bad = || format!("'{s}' is not a size (examples: 65536, 512k, 10m, 1g)");
+    let shift = match unit.trim() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(bad()),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(bad)
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("'{s}' is not a positive number")),
+    }
+}
+
 fn parse_port(s: &str) -> Result<u16, String> {
     match s.trim().parse::<u16>() {
         Ok(0) => Err("port must be between 1 and 65535, not 0".into()),
@@ -495,6 +556,47 @@ mod tests {
         for bad in ["", "10", "ten seconds", "-1s", "5 parsecs"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_take_a_list() {
+        assert!(parse(&[]).unwrap().trusted_proxies.is_empty());
+        let c = parse(&["--trusted-proxies", "10.0.0.0/8,::1"]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/99"]).is_err());
+    }
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        for (text, want) in [
+            ("0", 0),
+            ("1024", 1024),
+            ("1k", 1024),
+            ("64KiB", 65536),
+            ("10m", 10 << 20),
+            ("1G", 1 << 30),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for bad in ["", "k", "1.5m", "10 parsecs", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse(&[]).unwrap().max_body_size, None);
+        let c = parse(&["--max-body-size", "10m"]).unwrap();
+        assert_eq!(c.max_body_size, Some(10 << 20));
+    }
+
+    #[test]
+    fn connection_limits_parse() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.header_timeout, Duration::from_secs(60));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(75));
+        assert_eq!(c.max_connections, None);
+        let c = parse(&["--max-connections", "100", "--keepalive-timeout", "0s"]).unwrap();
+        assert_eq!(c.max_connections, Some(100));
+        assert!(c.keepalive_timeout.is_zero());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--header-timeout", "0s"]).is_err());
     }
 
     #[test]

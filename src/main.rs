@@ -5,10 +5,16 @@ use std::thread;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
 
 use liveroll::config::Config;
+use liveroll::process::{ephemeral, limits};
 use liveroll::report::admin::Listeners;
+use liveroll::report::event::Event;
+use liveroll::serve::admission::{Admission, Slots};
 use liveroll::serve::backends::BackendSet;
+use liveroll::serve::connection::{Edge, Timeouts};
+use liveroll::serve::forwarded::Trusted;
 use liveroll::serve::proxy::{Proxy, Settings};
 use liveroll::update::state::StateFile;
 use liveroll::update::supervisor::Supervisor;
@@ -30,11 +36,18 @@ fn main() {
     .init();
     let mut config = Config::from_env();
     config.read_token_file().unwrap_or_else(|e| fail(&e));
-    let config = Arc::new(config);
+    // Before anything opens a descriptor of its own.
+    let nofile = limits::raise_nofile();
     let listeners = check_listeners(&config);
     let state = StateFile::open(&config.state_dir(), config.child_ports())
         .unwrap_or_else(|e| fail(&format!("--state-dir: {e}")));
     let server_conf = server_conf::load(&config).unwrap_or_else(|e| fail(&e));
+    let upstream_pool = server_conf.upstream_keepalive_pool_size;
+    let max_connections = *config
+        .max_connections
+        .get_or_insert_with(|| limits::default_max_connections(nofile.soft, upstream_pool));
+    report_limits(&config, nofile, max_connections, upstream_pool);
+    let config = Arc::new(config);
 
     let mut server = Server::new_with_opt_and_conf(None, server_conf);
     server.bootstrap();
@@ -96,6 +109,34 @@ fn check_listeners(config: &Config) -> Listeners {
     }
 }
 
+/// Logs the descriptor limit in effect, and warns about a
+/// `--max-connections` past it and child ports among the ephemeral ports.
+fn report_limits(config: &Config, nofile: limits::NoFile, max_connections: usize, pool: usize) {
+    Event::Limits {
+        nofile: nofile.soft,
+        inherited_nofile: nofile.inherited,
+        max_connections,
+    }
+    .log();
+    let safe = limits::default_max_connections(nofile.soft, pool);
+    if max_connections > safe {
+        Event::MaxConnectionsUnsafe {
+            max_connections,
+            safe,
+            nofile: nofile.soft,
+        }
+        .log();
+    }
+    for (key, port) in [
+        ("child-port1", config.child_port1),
+        ("child-port2", config.child_port2),
+    ] {
+        if let Some(range) = ephemeral::range_holding(port) {
+            Event::EphemeralPort { key, port, range }.log();
+        }
+    }
+}
+
 fn proxy_service(
     server: &Server,
     config: &Config,
@@ -106,20 +147,30 @@ fn proxy_service(
         max_held: config.max_held,
         access_log: config.access_log,
         canary_by: config.canary_by,
+        max_body_size: config.max_body_size,
+        trusted: Trusted::new(config.trusted_proxies.clone()),
+        keepalive: !config.keepalive_timeout.is_zero(),
     };
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Proxy::new(backends, settings),
-        "liveroll proxy",
-    );
+    let proxy = pingora_proxy::http_proxy(&server.configuration, Proxy::new(backends, settings));
+    // Pingora's HTTP proxy, run per connection by liveroll's own loop (see
+    // `serve::connection`): pipelining, header and keep-alive timeouts,
+    // 414/431, and at most --max-connections at once.
+    let slots = Slots::new(config.max_connections.unwrap_or(usize::MAX));
+    let timeouts = Timeouts {
+        header: config.header_timeout,
+        keepalive: config.keepalive_timeout,
+    };
+    let edge = Edge::new(proxy, timeouts, slots.clone());
+    let mut service = Service::new("liveroll proxy".to_string(), edge);
+    service.set_connection_filter(Arc::new(Admission(slots)));
     // Pingora reads client connections through a 64 KiB buffer of its own,
     // made for TLS records; for plain HTTP it only doubles the copying and
     // costs 64 KiB per idle keep-alive client. The HTTP layer buffers anyway.
-    proxy.add_listener(
+    service.add_listener(
         ListenerConfig::tcp(config.listen_addr().to_string())
             .l4_buffer(L4BufferSettings::default().read(0)),
     );
-    proxy
+    service
 }
 
 fn fail(msg: &str) -> ! {

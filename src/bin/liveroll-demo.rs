@@ -4,13 +4,17 @@
 //! with `--unhealthy`, or after `POST /admin/fail-health` until
 //! `POST /admin/pass-health`); `/slow?ms=N` answers after N ms; `/echo`
 //! returns the request body; `/headers` prints the request headers;
-//! `/events?n=N&interval_ms=M` streams N server-sent events; `/ws` is a
+//! `/events?n=N&interval_ms=M` streams N server-sent events (chunked);
+//! `/stream?n=N&interval_ms=M` streams N lines with neither Content-Length
+//! nor chunked encoding, ending the body by closing, as HTTP/1.0 servers do;
+//! `POST /admin/slow-health?ms=N` makes the health path answer only after
+//! N ms (an overloaded app; `ms=0` ends it); `/ws` is a
 //! WebSocket echo. It binds with `SO_REUSEADDR`, and on SIGTERM stops
 //! accepting, finishes the requests in flight (ending streams and WebSockets
 //! cleanly) and exits 0.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -59,9 +63,11 @@ struct Args {
     crash_after: Option<Duration>,
 }
 
-const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEAD: usize = 256 * 1024;
 /// Flipped by `/admin/fail-health` and `/admin/pass-health`.
 static FAILING_HEALTH: AtomicBool = AtomicBool::new(false);
+/// Set by `/admin/slow-health`: how long the health path takes to answer.
+static SLOW_HEALTH_MS: AtomicU64 = AtomicU64::new(0);
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
@@ -173,6 +179,9 @@ async fn serve(mut stream: TcpStream, args: Args, mut stop: watch::Receiver<bool
         if path == "/events" {
             return events(stream, &request, stop).await;
         }
+        if path == "/stream" {
+            return close_delimited(stream, &request).await;
+        }
         let (status, reason, body) = route(&request, &args).await;
         let close = request.close || *stop.borrow();
         if respond(&mut stream, status, reason, &body, close)
@@ -202,6 +211,10 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
     }
     match (req.method.as_str(), path) {
         (_, p) if p == args.healthcheck => {
+            let delay = SLOW_HEALTH_MS.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
             match args.unhealthy || FAILING_HEALTH.load(Ordering::Relaxed) {
                 true => (503, "Service Unavailable", b"unhealthy\n".to_vec()),
                 false => (200, "OK", b"ok\n".to_vec()),
@@ -210,6 +223,11 @@ async fn route(req: &Request, args: &Args) -> (u16, &'static str, Vec<u8>) {
         ("POST", "/admin/fail-health" | "/admin/pass-health") => {
             FAILING_HEALTH.store(path.ends_with("fail-health"), Ordering::Relaxed);
             (200, "OK", format!("health {path}\n").into_bytes())
+        }
+        ("POST", "/admin/slow-health") => {
+            let ms = query_number(req, "ms", 0);
+            SLOW_HEALTH_MS.store(ms, Ordering::Relaxed);
+            (200, "OK", format!("health takes {ms} ms\n").into_bytes())
         }
         ("GET" | "HEAD", "/") => (200, "OK", who.into_bytes()),
         (_, "/slow") => {
@@ -278,11 +296,14 @@ async fn read_request(
                         .find(|(k, _)| k.eq_ignore_ascii_case(name))
                         .map(|(_, v)| v.as_str())
                 };
+                let chunked = header("transfer-encoding")
+                    .is_some_and(|te| te.to_ascii_lowercase().ends_with("chunked"));
                 let length: usize = match header("content-length").map(str::parse) {
+                    _ if chunked => 0,
                     Some(Ok(n)) if n <= MAX_BODY => n,
                     Some(_) => return Err("bad content-length\n".into()),
                     None if header("transfer-encoding").is_some() => {
-                        return Err("chunked bodies are not supported\n".into())
+                        return Err("unsupported transfer-encoding\n".into())
                     }
                     None => 0,
                 };
@@ -293,13 +314,19 @@ async fn read_request(
                     parsed.method.unwrap_or("GET").to_string(),
                     parsed.path.unwrap_or("/").to_string(),
                 );
-                while buf.len() < head_len + length {
-                    if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
-                        return Err("connection closed inside the body\n".into());
+                let body = if chunked {
+                    buf.drain(..head_len);
+                    read_chunked(stream, buf).await?
+                } else {
+                    while buf.len() < head_len + length {
+                        if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                            return Err("connection closed inside the body\n".into());
+                        }
                     }
-                }
-                let body = buf[head_len..head_len + length].to_vec();
-                buf.drain(..head_len + length);
+                    let body = buf[head_len..head_len + length].to_vec();
+                    buf.drain(..head_len + length);
+                    body
+                };
                 return Ok(Some(Request {
                     method: request_head.0,
                     path: request_head.1,
@@ -319,6 +346,45 @@ async fn read_request(
             Err(_) if buf.is_empty() => return Ok(None),
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// A chunked request body (extensions and trailers are skipped).
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Vec<u8>, String> {
+    async fn line(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<String, String> {
+        loop {
+            if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                buf.drain(..end + 2);
+                return Ok(line);
+            }
+            if buf.len() > MAX_HEAD {
+                return Err("chunk line too long\n".into());
+            }
+            if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed inside the body\n".into());
+            }
+        }
+    }
+    let mut body = Vec::new();
+    loop {
+        let size_line = line(stream, buf).await?;
+        let size = size_line.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| "bad chunk size\n".to_string())?;
+        if size == 0 {
+            while !line(stream, buf).await?.is_empty() {}
+            return Ok(body);
+        }
+        if body.len() + size > MAX_BODY {
+            return Err("body too large\n".into());
+        }
+        while buf.len() < size + 2 {
+            if stream.read_buf(buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed inside the body\n".into());
+            }
+        }
+        body.extend_from_slice(&buf[..size]);
+        buf.drain(..size + 2);
     }
 }
 
@@ -373,6 +439,27 @@ async fn events(mut stream: TcpStream, req: &Request, mut stop: watch::Receiver<
         }
     }
     let _ = stream.write_all(b"0\r\n\r\n").await;
+}
+
+/// N lines, `interval_ms` apart, in a body delimited by closing the
+/// connection: no Content-Length, no chunked encoding.
+async fn close_delimited(mut stream: TcpStream, req: &Request) {
+    let n = query_number(req, "n", 3);
+    let interval = Duration::from_millis(query_number(req, "interval_ms", 10));
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    for i in 1..=n {
+        let line = format!("line {i} pid={}\n", std::process::id());
+        if stream.write_all(line.as_bytes()).await.is_err() {
+            return;
+        }
+        if i < n {
+            tokio::time::sleep(interval).await;
+        }
+    }
+    let _ = stream.shutdown().await;
 }
 
 /// A WebSocket that echoes each text or binary message back as text, prefixed

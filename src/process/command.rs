@@ -49,8 +49,9 @@ impl fmt::Display for CommandError {
 /// talk to systemd in liveroll's name.
 const PRIVATE_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
-/// `sh -c cmd` in a process group of its own, with no stdin and without
-/// liveroll's systemd variables.
+/// `sh -c cmd` in a process group of its own, with no stdin, without
+/// liveroll's systemd variables, and with the descriptor limit liveroll was
+/// given (it raises its own).
 pub fn shell(cmd: &str) -> Command {
     let mut command = Command::new("sh");
     command
@@ -60,6 +61,11 @@ pub fn shell(cmd: &str) -> Command {
         .stdin(Stdio::null());
     for var in PRIVATE_ENV {
         command.env_remove(var);
+    }
+    // SAFETY: runs between fork and exec; it only calls getrlimit(2) and
+    // setrlimit(2), which are async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(super::limits::restore_for_child);
     }
     command
 }

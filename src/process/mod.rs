@@ -5,6 +5,8 @@
 
 pub mod child;
 pub mod command;
+pub mod ephemeral;
+pub mod limits;
 pub mod listener;
 pub mod probe;
 pub mod procfs;

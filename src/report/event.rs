@@ -1,12 +1,16 @@
 //! Everything the engine tells the reporter, as plain values, and the log
 //! line each one is shown as. Operators grep these lines (and so do the
-//! tests), so each is pinned by a unit test below.
+//! tests), so each is pinned by a unit test below. Values that come from
+//! outside (IDs, commands, error texts) are quoted when they could be read
+//! as more than one field ([`super::logfmt`]).
 
 use std::fmt::Write;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use log::Level;
+
+use super::logfmt::q;
 
 use crate::process::command::CommandError;
 use crate::update::bake::{Evidence, Rule};
@@ -213,6 +217,47 @@ pub enum Event {
         port: u16,
         passed_checks: u32,
     },
+    /// A child out of rotation for being overloaded now fails its checks
+    /// outright: it is replaced.
+    FailingWhileShed {
+        port: u16,
+        failed_checks: u32,
+    },
+    /// Probes time out while the child keeps completing requests: it is
+    /// never replaced for it. `shed`: out of rotation, as another child
+    /// serves; else it stays (said once per episode).
+    Overloaded {
+        port: u16,
+        busy_checks: u32,
+        inflight: usize,
+        shed: bool,
+    },
+    /// liveroll could not open a probe's socket (out of descriptors): the
+    /// check counts for nothing.
+    ProbeSkipped {
+        port: u16,
+    },
+    /// At startup: the descriptor limit in effect (raised from the one
+    /// inherited) and `--max-connections`.
+    Limits {
+        nofile: u64,
+        inherited_nofile: u64,
+        max_connections: usize,
+    },
+    /// At startup: `--max-connections` leaves no room for upstream
+    /// connections and the reserve within the descriptor limit.
+    MaxConnectionsUnsafe {
+        max_connections: usize,
+        safe: usize,
+        nofile: u64,
+    },
+    /// At startup: a child port is inside the kernel's ephemeral port range
+    /// `range`, where any outgoing connection may take it.
+    EphemeralPort {
+        key: &'static str,
+        port: u16,
+        range: (u16, u16),
+    },
     Signal {
         name: &'static str,
         action: SignalAction,
@@ -238,6 +283,13 @@ pub enum Event {
 }
 
 impl Event {
+    /// Writes this event's log line, and nothing else (for what happens
+    /// before the reporter exists, at startup).
+    pub fn log(&self) {
+        let (level, line) = self.log_line();
+        log::log!(level, "{line}");
+    }
+
     /// The log line for this event, with its level.
     pub fn log_line(&self) -> (Level, String) {
         use Event::*;
@@ -258,7 +310,7 @@ impl Event {
                 format!("event=update trigger={} forced={}", trigger.reason, trigger.forced),
             ),
             Pulling { trigger } => (Debug, format!("event=pull trigger={trigger}")),
-            IdRead { id, unchanged: true, .. } => (Debug, format!("event=id id={id}")),
+            IdRead { id, unchanged: true, .. } => (Debug, format!("event=id id={}", q(id))),
             IdRead {
                 id,
                 serving,
@@ -266,7 +318,11 @@ impl Event {
                 ..
             } => (
                 Info,
-                format!("event=id id={id} serving_id={} forced={forced}", id_or_none(serving)),
+                format!(
+                    "event=id id={} serving_id={} forced={forced}",
+                    q(id),
+                    q(id_or_none(serving))
+                ),
             ),
             Spawned { child, cmd } => (Info, format!("event=spawn {} cmd={cmd:?}", fields(child))),
             Healthy { child } => (Info, format!("event=healthy {}", fields(child))),
@@ -351,8 +407,8 @@ impl Event {
                     Info,
                     format!(
                         "event=bake id={} previous_id={} window={} canary={canary}",
-                        new.id,
-                        previous.id,
+                        q(&new.id),
+                        q(&previous.id),
                         humantime::format_duration(*window)
                     ),
                 )
@@ -361,8 +417,8 @@ impl Event {
                 Info,
                 format!(
                     "event=promoted id={} previous_id={} reason={}",
-                    new.id,
-                    previous.id,
+                    q(&new.id),
+                    q(&previous.id),
                     why.as_str()
                 ),
             ),
@@ -376,8 +432,8 @@ impl Event {
                 format!(
                     "event=rolled-back rule={} id={} previous_id={} {evidence}",
                     rule.as_str(),
-                    new.id,
-                    previous.id
+                    q(&new.id),
+                    q(&previous.id)
                 ),
             ),
             Control { command, answer } => {
@@ -413,6 +469,66 @@ impl Event {
                 Info,
                 format!("event=recovered port={port} passed_checks={passed_checks}"),
             ),
+            FailingWhileShed {
+                port,
+                failed_checks,
+            } => (
+                Warn,
+                format!("event=unhealthy port={port} failed_checks={failed_checks} action=replace"),
+            ),
+            Overloaded {
+                port,
+                busy_checks,
+                inflight,
+                shed,
+            } => {
+                let (action, why) = match shed {
+                    true => ("out-of-rotation", "another child serves"),
+                    false => ("keep", "no other child serves"),
+                };
+                (
+                    Warn,
+                    format!(
+                        "event=overloaded port={port} busy_checks={busy_checks} inflight={inflight} \
+                         action={action} reason=\"probes time out while it completes requests; {why}\""
+                    ),
+                )
+            }
+            ProbeSkipped { port } => (
+                Debug,
+                format!("event=probe_skipped port={port} reason=\"liveroll is out of file descriptors\""),
+            ),
+            Limits {
+                nofile,
+                inherited_nofile,
+                max_connections,
+            } => (
+                Info,
+                format!("event=limits nofile={nofile} inherited_nofile={inherited_nofile} max_connections={max_connections}"),
+            ),
+            MaxConnectionsUnsafe {
+                max_connections,
+                safe,
+                nofile,
+            } => (
+                Warn,
+                format!(
+                    "event=config_warning key=max-connections value={max_connections} safe={safe} \
+                     reason=\"each connection may need two of the {nofile} descriptors: accept may fail with EMFILE\""
+                ),
+            ),
+            EphemeralPort {
+                key,
+                port,
+                range: (lo, hi),
+            } => (
+                Warn,
+                format!(
+                    "event=config_warning key={key} value={port} reason=\"inside the kernel's ephemeral \
+                     port range {lo}-{hi}: outgoing connections may take it; pick a port below {lo} \
+                     or add it to net.ipv4.ip_local_reserved_ports\""
+                ),
+            ),
             Signal { name, action } => {
                 let action = match action {
                     SignalAction::ForcedUpdate => "forced-update",
@@ -437,7 +553,7 @@ impl Event {
 
 /// The line that ends an update: unchanged, rolled or failed.
 fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) -> (Level, String) {
-    let serving_id = serving.map_or("none", |c| c.id.as_str());
+    let serving_id = q(serving.map_or("none", |c| c.id.as_str()));
     match (outcome, serving) {
         (Outcome::Unchanged, _) => (
             Level::Debug,
@@ -445,13 +561,16 @@ fn update_done(trigger: Reason, outcome: &Outcome, serving: Option<&ChildInfo>) 
         ),
         (Outcome::Quarantined(id), _) => (
             Level::Info,
-            format!("event=quarantined trigger={trigger} id={id} serving_id={serving_id}"),
+            format!(
+                "event=quarantined trigger={trigger} id={} serving_id={serving_id}",
+                q(id)
+            ),
         ),
         (Outcome::Rolled(took), Some(c)) => (
             Level::Info,
             format!(
                 "event=rolled trigger={trigger} id={} slot={} port={} pid={} took_ms={}",
-                c.id,
+                q(&c.id),
                 c.slot + 1,
                 c.port,
                 c.pid,
@@ -497,7 +616,7 @@ fn fields(child: &ChildInfo) -> String {
         child.slot + 1,
         child.port,
         child.pid,
-        child.id
+        q(&child.id)
     )
 }
 
@@ -909,6 +1028,47 @@ mod tests {
         );
     }
 
+    /// An ID is whatever `--id` printed: one that could pass for more
+    /// fields (`v1 event=rolled`) is quoted wherever it is interpolated.
+    #[test]
+    fn ids_that_could_forge_fields_are_quoted() {
+        let forged = "v1 event=forged ok=1";
+        let quoted = r#""v1 event=forged ok=1""#;
+        let mut bad = child();
+        bad.id = forged.into();
+        let lines = [
+            line(Event::IdRead {
+                id: forged.into(),
+                serving: Some(forged.into()),
+                forced: false,
+                unchanged: false,
+            }),
+            line(Event::Healthy { child: bad.clone() }),
+            line(Event::Promoted {
+                new: bad.clone(),
+                previous: bad.clone(),
+                why: Promotion::Passed,
+            }),
+            line(Event::UpdateDone {
+                trigger: trigger(Reason::Interval),
+                outcome: Outcome::Rolled(SECOND),
+                serving: Some(bad.clone()),
+                took: SECOND,
+            }),
+            line(Event::UpdateDone {
+                trigger: trigger(Reason::Interval),
+                outcome: Outcome::Quarantined(forged.into()),
+                serving: Some(bad),
+                took: SECOND,
+            }),
+        ];
+        for l in lines {
+            assert!(l.contains(&format!("id={quoted}")), "{l}");
+            let rest = l.replace(quoted, "");
+            assert_eq!(rest.matches("event=").count(), 1, "{l}");
+        }
+    }
+
     #[test]
     fn unhealthy() {
         let e = Event::Unhealthy {
@@ -928,6 +1088,91 @@ mod tests {
             passed_checks: 2,
         };
         assert_eq!(line(e), "INFO event=recovered port=9101 passed_checks=2");
+    }
+
+    #[test]
+    fn failing_while_shed() {
+        let e = Event::FailingWhileShed {
+            port: 9101,
+            failed_checks: 3,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=unhealthy port=9101 failed_checks=3 action=replace"
+        );
+    }
+
+    #[test]
+    fn overloaded() {
+        let e = Event::Overloaded {
+            port: 9101,
+            busy_checks: 3,
+            inflight: 12,
+            shed: false,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=overloaded port=9101 busy_checks=3 inflight=12 action=keep \
+             reason=\"probes time out while it completes requests; no other child serves\""
+        );
+        let e = Event::Overloaded {
+            port: 9101,
+            busy_checks: 3,
+            inflight: 12,
+            shed: true,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=overloaded port=9101 busy_checks=3 inflight=12 action=out-of-rotation \
+             reason=\"probes time out while it completes requests; another child serves\""
+        );
+    }
+
+    #[test]
+    fn probe_skipped() {
+        let e = Event::ProbeSkipped { port: 9101 };
+        assert_eq!(
+            line(e),
+            "DEBUG event=probe_skipped port=9101 reason=\"liveroll is out of file descriptors\""
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let e = Event::Limits {
+            nofile: 4096,
+            inherited_nofile: 1024,
+            max_connections: 1952,
+        };
+        assert_eq!(
+            line(e),
+            "INFO event=limits nofile=4096 inherited_nofile=1024 max_connections=1952"
+        );
+        let e = Event::MaxConnectionsUnsafe {
+            max_connections: 5000,
+            safe: 1952,
+            nofile: 4096,
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=config_warning key=max-connections value=5000 safe=1952 \
+             reason=\"each connection may need two of the 4096 descriptors: accept may fail with EMFILE\""
+        );
+    }
+
+    #[test]
+    fn ephemeral_port() {
+        let e = Event::EphemeralPort {
+            key: "child-port2",
+            port: 40000,
+            range: (32768, 60999),
+        };
+        assert_eq!(
+            line(e),
+            "WARN event=config_warning key=child-port2 value=40000 reason=\"inside the kernel's \
+             ephemeral port range 32768-60999: outgoing connections may take it; pick a port \
+             below 32768 or add it to net.ipv4.ip_local_reserved_ports\""
+        );
     }
 
     #[test]

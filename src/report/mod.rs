@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod child_metrics;
 pub mod event;
+pub mod logfmt;
 pub mod metrics;
 pub mod notify;
 pub mod redact;

@@ -53,8 +53,7 @@ impl Reporter {
     }
 
     pub fn emit(&self, event: Event) {
-        let (level, line) = event.log_line();
-        log::log!(level, "{line}");
+        event.log();
         let mut state = self.state.lock().unwrap();
         match event {
             Event::UpdateStarted { .. } => state.updates += 1,

@@ -174,6 +174,11 @@ pub fn effective_config(c: &Config) -> Value {
         "listen": c.listen_addr().to_string(),
         "child_ports": c.child_ports(),
         "conf": c.conf,
+        "header_timeout": d(c.header_timeout),
+        "keepalive_timeout": d(c.keepalive_timeout),
+        "max_connections": c.max_connections,
+        "max_body_size": c.max_body_size,
+        "trusted_proxies": c.trusted_proxies.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
     })
 }
 

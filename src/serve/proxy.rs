@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::header::HOST;
+use http::HeaderValue;
 use log::info;
 use pingora_core::modules::http::HttpModules;
 use pingora_core::prelude::HttpPeer;
@@ -19,7 +20,11 @@ use tokio::time::Instant;
 
 use super::backends::{BackendSet, Lease};
 use super::canary;
-use super::forwarded::forwarded_for;
+use super::forwarded::{self, Trusted};
+use super::stream::EdgeStream;
+use super::strict::{self, Body, BodyLimit};
+use crate::process::limits::is_exhaustion;
+use crate::report::logfmt::q;
 use crate::report::metrics::METRICS;
 
 /// Attempts per request. Each failed attempt ejects its backend for
@@ -31,11 +36,6 @@ const MAX_ATTEMPTS: u8 = 8;
 /// How long a backend that refused a connection is passed over.
 const EJECT_FOR: Duration = Duration::from_secs(1);
 
-// Looked up as constants, so no lookup parses a header name per request.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
 pub struct Settings {
     /// How long a request may wait for a healthy child.
     pub hold_timeout: Duration,
@@ -45,6 +45,12 @@ pub struct Settings {
     pub access_log: bool,
     /// How a client is kept on its side of a canary.
     pub canary_by: canary::By,
+    /// `--max-body-size`: larger request bodies get 413.
+    pub max_body_size: Option<u64>,
+    /// `--trusted-proxies`: whose forwarding headers are kept.
+    pub trusted: Trusted,
+    /// `--keepalive-timeout` is not zero: client connections may be reused.
+    pub keepalive: bool,
 }
 
 pub struct Proxy {
@@ -82,6 +88,9 @@ pub struct Ctx {
     started: std::time::Instant,
     /// A canary runs and this client had no cookie for it yet.
     set_cookie: Option<String>,
+    /// The request body is chunked, and counted against `--max-body-size`.
+    chunked: bool,
+    body: BodyLimit,
 }
 
 #[async_trait]
@@ -99,6 +108,8 @@ impl ProxyHttp for Proxy {
             hold_until: None,
             started: std::time::Instant::now(),
             set_cookie: None,
+            chunked: false,
+            body: BodyLimit::default(),
         }
     }
 
@@ -106,6 +117,28 @@ impl ProxyHttp for Proxy {
     /// the only child died and its replacement is starting). A request
     /// without a body notices its client leaving while it waits.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        // What Pingora lets through and nginx refuses, before any child sees
+        // the request; and the connection's stream learns the header is done.
+        let checked = strict::check_request(session.req_header(), self.settings.max_body_size);
+        let stream = EdgeStream::of(session.as_downstream());
+        match checked {
+            Ok(body) => {
+                if let Some(stream) = stream {
+                    stream.header_done(body.wire_len());
+                }
+                ctx.chunked = body == Body::Chunked;
+            }
+            Err(refusal) => {
+                if let Some(stream) = stream {
+                    stream.close_after_response();
+                }
+                strict::refuse(session, refusal).await?;
+                return Ok(true);
+            }
+        }
+        if !self.settings.keepalive {
+            session.set_keepalive(None);
+        }
         ctx.lease = self.backends.select_routed(|c| {
             let client = session
                 .client_addr()
@@ -134,9 +167,9 @@ impl ProxyHttp for Proxy {
             if has_body {
                 std::future::pending::<()>().await;
             }
-            // Ends when the client closes, breaks, or sends more: Pingora keeps
-            // no byte it reads here, so a pipelined next request could not go
-            // on either, and gets its 503 now rather than a failure later.
+            // Ends when the client closes or breaks. A pipelined next request
+            // does not end it: with pipelining on, Pingora keeps its first
+            // byte for the next session and this read stays pending.
             let _ = downstream.read_body_or_idle(true).await;
         };
         ctx.lease = tokio::select! {
@@ -184,6 +217,17 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if out_of_descriptors(&e) {
+            // liveroll's own failure, not the child's: no ejection, no
+            // error on its figures, and no retry that would fail the same
+            // way at once.
+            ctx.lease = None;
+            return Error::because(
+                ErrorType::HTTPStatus(503),
+                "liveroll is out of file descriptors",
+                e,
+            );
+        }
         if let Some(lease) = ctx.lease.take() {
             lease.backend().stats.upstream_error();
             self.backends.eject(lease.backend(), EJECT_FOR);
@@ -221,7 +265,13 @@ impl ProxyHttp for Proxy {
             }
         }
         let idempotent = session.req_header().method.is_idempotent();
-        if !idempotent || session.as_ref().retry_buffer_truncated() || ctx.attempts >= MAX_ATTEMPTS
+        // A status of liveroll's own (413 for a body over the limit) is the
+        // answer, not a failure to retry.
+        let own_answer = matches!(e.etype(), ErrorType::HTTPStatus(_));
+        if !idempotent
+            || own_answer
+            || session.as_ref().retry_buffer_truncated()
+            || ctx.attempts >= MAX_ATTEMPTS
         {
             e.set_retry(false);
         } else {
@@ -233,34 +283,52 @@ impl ProxyHttp for Proxy {
         e
     }
 
+    /// Counts a chunked body against `--max-body-size` as it arrives.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (true, Some(max), Some(data)) = (ctx.chunked, self.settings.max_body_size, body) {
+            if ctx.body.add(data.len(), max).is_err() {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over --max-body-size",
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Standard forwarding headers (hop-by-hop headers are already stripped by
-    /// Pingora's default upstream request policy). An `X-Forwarded-Proto` or
-    /// `-Host` set by a load balancer in front is kept; the client address is
-    /// appended to `X-Forwarded-For` like nginx's `$proxy_add_x_forwarded_for`.
+    /// Pingora's default upstream request policy), trusted only from
+    /// `--trusted-proxies` (see `forwarded`). An HTTP/1.0 request without
+    /// `Host` gets the address the client connected to, as nginx's
+    /// `$host` falls back to its server: the request goes on as HTTP/1.1,
+    /// which needs one.
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
         req: &mut RequestHeader,
         _ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(ip) = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip())
-        {
-            let prior = req.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes());
-            let value = forwarded_for(prior.filter(|v| !v.is_empty()), ip);
-            req.insert_header("X-Forwarded-For", value.map_err(|_| bad_header())?)?;
-        }
-        if !req.headers.contains_key(&X_FORWARDED_PROTO) {
-            req.insert_header("X-Forwarded-Proto", HeaderValue::from_static("http"))?;
-        }
-        if !req.headers.contains_key(&X_FORWARDED_HOST) {
-            if let Some(host) = req.headers.get(http::header::HOST).cloned() {
-                req.insert_header("X-Forwarded-Host", host)?;
+        if !req.headers.contains_key(HOST) {
+            if let Some(host) = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .and_then(|a| HeaderValue::from_str(&a.to_string()).ok())
+            {
+                req.insert_header(HOST, host)?;
             }
         }
-        Ok(())
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let trusted = client.is_some_and(|ip| self.settings.trusted.contains(ip));
+        forwarded::apply(req, client, trusted)
     }
 
     /// The child answered: its figures count the status and how long the
@@ -281,13 +349,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Keeps a new client on its side of a canary.
+    /// Keeps a new client on its side of a canary; and liveroll's own HTTP
+    /// version, and no chunked encoding for HTTP/1.0 clients (see
+    /// `strict::fix_response`).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         response: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        strict::fix_response(session, response);
         if let Some(cookie) = ctx.set_cookie.take() {
             response.append_header("Set-Cookie", cookie)?;
         }
@@ -316,7 +387,9 @@ impl ProxyHttp for Proxy {
                 req.uri.path_and_query().map_or("", |p| p.as_str()),
                 ctx.attempts,
                 started.elapsed().as_secs_f64() * 1000.0,
-                error.map(|e| format!(" error=\"{e}\"")).unwrap_or_default(),
+                error
+                    .map(|e| format!(" error={}", q(&e.to_string())))
+                    .unwrap_or_default(),
             );
         }
     }
@@ -331,8 +404,13 @@ impl ProxyHttp for Proxy {
     }
 }
 
-fn bad_header() -> Box<Error> {
-    Error::explain(ErrorType::InvalidHTTPHeader, "invalid X-Forwarded-For")
+/// Whether an error is liveroll running out of descriptors (or memory for
+/// sockets): `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM` at its root.
+pub fn out_of_descriptors(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.raw_os_error())
+        .is_some_and(is_exhaustion)
 }
 
 /// Whether the request announces a body (HTTP/1.1 framing headers).

@@ -39,6 +39,12 @@ impl Stats {
         self.upstream_errors.fetch_add(1, Relaxed);
     }
 
+    /// Responses received so far, of any status: a child that keeps
+    /// answering requests is alive, whatever its health probe says.
+    pub fn responses(&self) -> u64 {
+        self.classes.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             classes: self.classes.each_ref().map(|c| c.load(Relaxed)),

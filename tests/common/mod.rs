@@ -232,6 +232,12 @@ impl Liveroll {
             .stderr(out)
             .spawn()
             .unwrap();
+        Self::adopt(process, ports, log)
+    }
+
+    /// Takes over a liveroll process started some other way (e.g. under
+    /// `prlimit`), logging to `log`, once it listens.
+    pub fn adopt(process: std::process::Child, ports: Ports, log: PathBuf) -> Liveroll {
         let liveroll = Liveroll {
             process,
             ports,
@@ -445,6 +451,34 @@ impl Conn {
 
     pub fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(bytes)
+    }
+
+    /// Waits up to `within` for the server to close the connection; returns
+    /// everything it sent meanwhile (unread bytes included), or `None` if the
+    /// connection is still open. A reset counts as closed.
+    pub fn read_until_closed(&mut self, within: Duration) -> Option<Vec<u8>> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 16384];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Some(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return None
+                }
+                Err(_) => return Some(std::mem::take(&mut self.buf)),
+            }
+        }
     }
 
     pub fn read_response(&mut self, head_only: bool) -> std::io::Result<Response> {
