@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod canary;
+pub mod connections;
 pub mod forwarded;
 pub mod proxy;
 pub mod stats;
