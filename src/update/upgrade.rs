@@ -111,6 +111,9 @@ impl Handover {
             .map_err(|e| format!("cannot start {}: {e}", self.binary.display()))?;
         drop(theirs);
         let pid = child.id().map_or(0, |p| p as i32);
+        // If this wait is abandoned (a stop signal ends the engine's work),
+        // the new process must not go on to adopt children this one stops.
+        let mut abandoned = KillOnDrop(Some(pid));
         let started = Instant::now();
 
         // The socket, from a blocking thread; it gives up once the new
@@ -167,6 +170,7 @@ impl Handover {
             }
         };
         gone.store(true, Ordering::Relaxed);
+        abandoned.0 = None;
         if let Err(why) = outcome {
             // Reaped in the background, whatever it is doing.
             let _ = sender.await;
@@ -190,6 +194,17 @@ impl Handover {
             reaper::waited(pid);
         });
         Ok(pid)
+    }
+}
+
+/// SIGKILL for a new process whose handover was abandoned half way.
+struct KillOnDrop(Option<i32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
     }
 }
 
