@@ -378,5 +378,10 @@ impl Supervisor {
         }
         self.reporter.emit(Event::Upgraded { from_pid });
         self.spawn_helpers();
+        // The old process had nothing serving (its child had crashed, say):
+        // start one as a fresh start would.
+        if !engine.serving() {
+            self.triggers.request(Reason::Startup);
+        }
     }
 }
