@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod ctl;
+pub mod handover;
 pub mod process;
 pub mod report;
 pub mod serve;

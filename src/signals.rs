@@ -1,11 +1,13 @@
-//! Signals: SIGHUP forces an update; SIGTERM, SIGINT and SIGQUIT shut down
+//! Signals: SIGHUP forces an update; SIGUSR2 hands over to a new liveroll
+//! process (`update/upgrade.rs`); SIGTERM, SIGINT and SIGQUIT shut down
 //! gracefully, after `--shutdown-delay`.
 //!
 //! Pingora on its own treats SIGINT as a fast exit that skips services (our
 //! children would be orphaned), does not handle SIGHUP (the default action
-//! kills the process), and reads SIGQUIT as "hand the sockets to a new
-//! binary", which cannot work with children bound to fixed ports. So liveroll
-//! owns all four and hands Pingora one graceful stop.
+//! kills the process), and reads SIGQUIT as "send the sockets, then stop
+//! accepting five seconds later", whether or not the new process came up.
+//! So liveroll owns all five and hands Pingora one graceful stop: after a
+//! shutdown, or after a new process has taken over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::report::event::{Event, SignalAction};
 use crate::report::reporter::Reporter;
+use crate::update::control::{Command, Control};
 use crate::update::trigger::{Reason, Triggers};
 
 /// How far stopping has got.
@@ -28,6 +31,10 @@ pub enum Stop {
     Requested,
     /// The delay is over: Pingora stops accepting and the drain begins.
     Now,
+    /// A new liveroll process serves and owns the children: this one stops
+    /// accepting, finishes its connections and exits, leaving the children
+    /// running.
+    HandedOver,
 }
 
 /// The sending side, kept by the signal task.
@@ -41,8 +48,17 @@ impl ShutdownSignalWatch for StopWatch {
     async fn recv(&self) -> ShutdownSignal {
         let mut stop = self.0.clone();
         // An error means the sender is gone, which only happens on the way out.
-        let _ = stop.wait_for(|&stop| stop == Stop::Now).await;
+        let _ = stop
+            .wait_for(|&stop| matches!(stop, Stop::Now | Stop::HandedOver))
+            .await;
         ShutdownSignal::GracefulTerminate
+    }
+}
+
+impl StopWatch {
+    /// Another view of the same stop state, for the rest of `main`.
+    pub fn receiver(&self) -> watch::Receiver<Stop> {
+        self.0.clone()
     }
 }
 
@@ -58,11 +74,13 @@ pub fn listen(
     reporter: Arc<Reporter>,
     shutdown_delay: Duration,
     stop: Arc<StopSender>,
+    control: Control,
 ) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     tokio::spawn(async move {
         loop {
             let name = tokio::select! {
@@ -70,11 +88,13 @@ pub fn listen(
                 _ = term.recv() => "SIGTERM",
                 _ = int.recv() => "SIGINT",
                 _ = quit.recv() => "SIGQUIT",
+                _ = usr2.recv() => "SIGUSR2",
             };
             let stopping = *stop.borrow() != Stop::Running;
             let action = match (name, stopping) {
                 ("SIGHUP", false) => SignalAction::ForcedUpdate,
-                ("SIGHUP", true) => SignalAction::Ignored,
+                ("SIGUSR2", false) => SignalAction::Upgrade,
+                ("SIGHUP" | "SIGUSR2", true) => SignalAction::Ignored,
                 (_, false) => SignalAction::Shutdown,
                 // A second stop signal cuts --shutdown-delay short.
                 (_, true) => SignalAction::ShutdownNow,
@@ -82,6 +102,14 @@ pub fn listen(
             reporter.emit(Event::Signal { name, action });
             match action {
                 SignalAction::ForcedUpdate => triggers.request(Reason::Sighup),
+                SignalAction::Upgrade => {
+                    // Queued like an operator's command, so it runs between
+                    // updates; its outcome is logged by the engine.
+                    let control = control.clone();
+                    tokio::spawn(async move {
+                        let _ = control.send(Command::Upgrade).await;
+                    });
+                }
                 SignalAction::Ignored => {}
                 SignalAction::ShutdownNow => {
                     stop.send_replace(Stop::Now);

@@ -1,6 +1,7 @@
 //! A child is everything it starts: processes that leave its process group
 //! (setsid) or its parent (a double fork) are stopped with it; what a
-//! crashed liveroll left behind is stopped by the next one; and a port held
+//! crashed liveroll left behind is adopted by the next one if it is healthy,
+//! else stopped; and a port held
 //! by someone else is never published, whoever answers its health check.
 
 mod common;
@@ -85,7 +86,7 @@ fn a_double_forking_child_is_stopped_on_retirement_and_shutdown() {
 }
 
 #[test]
-fn after_liveroll_is_sigkilled_the_next_start_stops_what_it_left() {
+fn after_liveroll_is_sigkilled_the_next_start_adopts_a_healthy_child_and_stops_the_rest() {
     let scratch = Scratch::new();
     let ports = free_ports();
     let (proxy, p1, p2) = (ports.proxy, ports.child1, ports.child2);
@@ -101,27 +102,55 @@ fn after_liveroll_is_sigkilled_the_next_start_stops_what_it_left() {
     // Its child runs on, holding its port.
     assert!(!process_gone(orphan));
 
+    // It is alive, the state file's, on its port and healthy: adopted as it
+    // is, no cold start and nothing stopped.
     let mut second = Liveroll::start_on(&scratch, again(), &[]);
-    let pid = second.wait_version("v1");
-    second.wait_log("event=leftover", 1);
-    assert!(process_gone(orphan), "the leftover {orphan} was stopped");
-    // Both slots work again: a rollover needs the other one.
+    assert_eq!(second.wait_version("v1"), orphan);
+    second.wait_log("event=adopt", 1);
+    assert!(
+        second.log_line("event=adopt").ends_with("from=restart"),
+        "{}",
+        second.log()
+    );
+    assert!(!second.log().contains("event=leftover"), "{}", second.log());
+    assert!(
+        !second.log().contains("event=spawn"),
+        "no child was started"
+    );
+    // Both slots work: a rollover retires the adopted child.
     second.signal(Signal::SIGHUP);
-    let pid = second.wait_pid_change(pid);
+    let middle = second.wait_pid_change(orphan);
+    wait_for("the adopted child to be stopped", || {
+        process_gone(orphan).then_some(())
+    });
     second.signal(Signal::SIGHUP);
-    let pid = second.wait_pid_change(pid);
+    let pid = second.wait_pid_change(middle);
+    // Retired: only the current child listens on a child port now.
+    wait_for("the previous child to be stopped", || {
+        process_gone(middle).then_some(())
+    });
     assert!(
         !second.log().contains("event=update_failed"),
         "{}",
         second.log()
     );
 
-    // Crash again with a retired child's successor serving, then stop for good.
+    // A child that fails its health check is not adopted: the next start
+    // stops it (event=leftover) and starts one of its own.
+    let failed = request(p1.max(p2), "POST", "/admin/fail-health", b"")
+        .or_else(|_| request(p1.min(p2), "POST", "/admin/fail-health", b""))
+        .unwrap();
+    assert_eq!(failed.status, 200);
     second.signal(Signal::SIGKILL);
     second.wait_exit();
     let mut third = Liveroll::start_on(&scratch, again(), &[]);
-    third.wait_version("v1");
-    assert!(process_gone(pid));
+    third.wait_log("event=leftover", 1);
+    let fresh = third.wait_pid_change(pid);
+    assert!(
+        process_gone(pid),
+        "the unhealthy leftover {pid} was stopped"
+    );
+    assert_eq!(demo_pids(&scratch), vec![fresh]);
     third.signal(Signal::SIGTERM);
     assert_eq!(third.wait_exit().code(), Some(0), "{}", third.log());
     assert!(demo_pids(&scratch).is_empty(), "nothing left behind");

@@ -21,7 +21,11 @@ pub struct Child {
     pub start_ticks: u64,
     pub tree: Tree,
     pub started: Instant,
-    exit: watch::Receiver<Option<ExitStatus>>,
+    pub(super) exit: watch::Receiver<Option<ExitStatus>>,
+    /// Started by an earlier liveroll process and taken over (`adopt.rs`):
+    /// its exit is seen through a pidfd, and its exit status is not ours
+    /// to read.
+    pub(super) adopted: bool,
 }
 
 /// How [`Child::terminate`] went.
@@ -67,12 +71,22 @@ impl Child {
             },
             started: Instant::now(),
             exit,
+            adopted: false,
         })
     }
 
-    /// The shell's exit status, once it has exited.
+    /// The shell's exit status, once it has exited (never known for an
+    /// adopted child).
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self.exit.borrow()
+        match self.adopted {
+            true => None,
+            false => *self.exit.borrow(),
+        }
+    }
+
+    /// Whether the shell has exited.
+    pub fn has_exited(&self) -> bool {
+        self.exit.borrow().is_some()
     }
 
     /// Resolves when the shell exits.

@@ -47,7 +47,14 @@ impl fmt::Display for CommandError {
 
 /// systemd's variables for liveroll itself: a command or child must never
 /// talk to systemd in liveroll's name.
-const PRIVATE_ENV: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+/// (`LIVEROLL_UPGRADE` is removed at startup, but a child must never see
+/// it even so: it names descriptors that are not the child's.)
+const PRIVATE_ENV: [&str; 4] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    crate::handover::ENV_VAR,
+];
 
 /// `sh -c cmd` in a process group of its own, with no stdin, without
 /// liveroll's systemd variables, and with the descriptor limit liveroll was

@@ -3,6 +3,7 @@
 //! here knows about the proxy, the slots or reporting: it starts, signals,
 //! waits and answers.
 
+pub mod adopt;
 pub mod child;
 pub mod command;
 pub mod ephemeral;

@@ -55,9 +55,20 @@ pub struct Handler {
     pub token: Option<Secret>,
 }
 
-pub async fn serve(listener: TcpListener, handler: Arc<Handler>) {
+/// Serves until this process hands over to a new one: from then on the new
+/// process answers on the same socket (it inherited it), so a load
+/// balancer's `/ready` never meets this one draining.
+pub async fn serve(
+    listener: TcpListener,
+    handler: Arc<Handler>,
+    mut stop: tokio::sync::watch::Receiver<crate::signals::Stop>,
+) {
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s == crate::signals::Stop::HandedOver) => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::spawn(answer(stream, peer, handler.clone()));
             }
@@ -249,7 +260,7 @@ fn decide(
             Some(command) => Action::Command(command),
             None => Action::Reply(Reply::text(
                 404,
-                "not found: GET /metrics, /status, /ready; POST /rollover, /pause, /resume, /rollback, /promote",
+                "not found: GET /metrics, /status, /ready; POST /rollover, /pause, /resume, /rollback, /promote, /upgrade",
             )),
         },
     }

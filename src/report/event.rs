@@ -101,6 +101,8 @@ pub enum SignalAction {
     Shutdown,
     /// A second stop signal: the shutdown delay is cut short.
     ShutdownNow,
+    /// SIGUSR2: hand over to a new liveroll process.
+    Upgrade,
 }
 
 #[derive(Debug)]
@@ -268,6 +270,39 @@ pub enum Event {
     Stopping,
     Stopped {
         took: Duration,
+    },
+    /// Upgrade, old side: the new process (`new_pid`) was started from `binary`.
+    UpgradeStarted {
+        new_pid: i32,
+        binary: String,
+    },
+    /// Upgrade, old side: the new process did not take over; this one keeps
+    /// serving as before.
+    UpgradeFailed {
+        error: String,
+    },
+    /// Upgrade, old side: the new process serves and owns the children;
+    /// this one stopped accepting and drains its connections.
+    HandedOver {
+        new_pid: i32,
+        took: Duration,
+    },
+    /// Upgrade, old side: its connections are done (or `--drain-timeout`
+    /// passed with `open` still open); it exits, the children keep running.
+    HandoverDrained {
+        open: usize,
+        took: Duration,
+    },
+    /// A running child of an earlier liveroll process is taken over as it
+    /// is: on an upgrade, or at startup after a restart.
+    Adopted {
+        child: ChildInfo,
+        upgrade: bool,
+    },
+    /// Upgrade, new side: the old process (`from_pid`) handed over; this
+    /// one serves.
+    Upgraded {
+        from_pid: i32,
     },
     /// The state file could not be written: a crash now would leave
     /// children the next start cannot find.
@@ -535,6 +570,7 @@ impl Event {
                     SignalAction::Ignored => "ignored reason=stopping",
                     SignalAction::Shutdown => "shutdown",
                     SignalAction::ShutdownNow => "shutdown-now",
+                    SignalAction::Upgrade => "upgrade",
                 };
                 (Info, format!("event=signal signal={name} action={action}"))
             }
@@ -544,6 +580,37 @@ impl Event {
             ),
             Stopping => (Debug, "event=stopping".into()),
             Stopped { took } => (Info, format!("event=stopped took_ms={}", took.as_millis())),
+            UpgradeStarted { new_pid, binary } => (
+                Info,
+                format!("event=upgrade_start new_pid={new_pid} binary={binary:?}"),
+            ),
+            UpgradeFailed { error } => (
+                Error,
+                format!("event=upgrade_failed error={error:?} action=keep-serving"),
+            ),
+            HandedOver { new_pid, took } => (
+                Info,
+                format!(
+                    "event=handed_over new_pid={new_pid} took_ms={} action=drain-and-exit",
+                    took.as_millis()
+                ),
+            ),
+            HandoverDrained { open, took } => (
+                Info,
+                format!(
+                    "event=handover_drained open_connections={open} took_ms={} children=left-running",
+                    took.as_millis()
+                ),
+            ),
+            Adopted { child, upgrade } => (
+                Info,
+                format!(
+                    "event=adopt {} from={}",
+                    fields(child),
+                    if *upgrade { "upgrade" } else { "restart" }
+                ),
+            ),
+            Upgraded { from_pid } => (Info, format!("event=upgraded from_pid={from_pid}")),
             StateFailed { error } => (Error, format!("event=state_failed error={error:?}")),
             AdminFailed { error } => (Error, format!("event=admin_failed error={error:?}")),
             Fatal { error } => (Error, format!("event=fatal error={error:?}")),

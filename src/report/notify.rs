@@ -57,6 +57,12 @@ pub fn reloading() {
     }
 }
 
+/// An upgrade: `pid`, the new liveroll process, is the service's main
+/// process from now on (sent by the old one while it still is).
+pub fn main_pid(pid: i32) {
+    send(&format!("MAINPID={pid}"));
+}
+
 pub fn stopping() {
     send("STOPPING=1\nSTATUS=stopping");
 }

@@ -31,6 +31,9 @@ struct State {
     stopping: bool,
     /// READY=1 was sent: startup is over.
     ready_sent: bool,
+    /// A new liveroll process took over: this one is no longer the
+    /// service's main process and tells systemd nothing more.
+    handed_over: bool,
     last_update: Option<UpdateRecord>,
     bake: Option<status::BakeRecord>,
     last_rollback: Option<status::RollbackRecord>,
@@ -67,6 +70,12 @@ impl Reporter {
             }
             // systemd: startup is done once the first child serves.
             Event::Published { child } if !state.ready_sent => state.ready(serving(Some(&child))),
+            // After a restart, an adopted child serves at once. (On an
+            // upgrade, READY=1 waits for the old process's MAINPID=.)
+            Event::Adopted {
+                child,
+                upgrade: false,
+            } if !state.ready_sent => state.ready(serving(Some(&child))),
             Event::Draining { child, .. } => {
                 state.phase(format!("draining port={} pid={}", child.port, child.pid))
             }
@@ -170,6 +179,17 @@ impl Reporter {
                 ..
             }
             | Event::Stopping => state.stopping(),
+            // The old process said MAINPID= before this; from now on only
+            // the new one speaks to systemd.
+            Event::HandedOver { .. } => {
+                state.handed_over = true;
+                state.phase = "handed over to a new liveroll process; draining".into();
+            }
+            // The new process: serving since the old one handed over.
+            Event::Upgraded { .. } => {
+                let children = self.children.borrow().clone();
+                state.ready(serving(slots::current(children.iter()).map(|c| &c.info)));
+            }
             _ => {}
         }
     }
@@ -228,7 +248,7 @@ impl Reporter {
 impl State {
     /// A new phase, told to systemd when it changed (and never after stopping).
     fn phase(&mut self, text: String) {
-        if self.phase != text && !self.stopping {
+        if self.phase != text && !self.stopping && !self.handed_over {
             notify::status(&text);
             self.phase = text;
         }
@@ -237,7 +257,7 @@ impl State {
     /// Like [`phase`](Self::phase), telling systemd in the same message that
     /// liveroll is ready (startup done, or a reload finished).
     fn ready(&mut self, text: String) {
-        if !self.stopping {
+        if !self.stopping && !self.handed_over {
             notify::ready(&text);
             self.ready_sent = true;
             self.phase = text;
@@ -246,7 +266,7 @@ impl State {
 
     /// Liveroll is shutting down: not ready any more (said once).
     fn stopping(&mut self) {
-        if !self.stopping {
+        if !self.stopping && !self.handed_over {
             self.stopping = true;
             self.phase = "stopping".into();
             notify::stopping();

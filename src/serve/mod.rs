@@ -6,6 +6,7 @@ pub mod admission;
 pub mod backends;
 pub mod canary;
 pub mod connection;
+pub mod connections;
 pub mod forwarded;
 pub mod head;
 pub mod proxy;

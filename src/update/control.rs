@@ -16,6 +16,9 @@ pub enum Command {
     Promote,
     /// A forced update, as SIGHUP.
     Rollover,
+    /// Hand over to a new liveroll process started from the binary at the
+    /// same path (SIGUSR2); the children keep running.
+    Upgrade,
 }
 
 impl Command {
@@ -26,6 +29,7 @@ impl Command {
             "resume" => Command::Resume,
             "promote" => Command::Promote,
             "rollover" => Command::Rollover,
+            "upgrade" => Command::Upgrade,
             _ => return None,
         })
     }
@@ -37,6 +41,7 @@ impl Command {
             Command::Resume => "resume",
             Command::Promote => "promote",
             Command::Rollover => "rollover",
+            Command::Upgrade => "upgrade",
         }
     }
 }
@@ -83,6 +88,7 @@ mod tests {
             Command::Resume,
             Command::Promote,
             Command::Rollover,
+            Command::Upgrade,
         ] {
             assert_eq!(Command::parse(command.as_str()), Some(command));
         }

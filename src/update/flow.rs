@@ -19,7 +19,9 @@ use super::error::UpdateError;
 use super::slots::{ChildInfo, ChildView, Slots, State};
 use super::state::{Saved, SavedChild, StateFile};
 use super::trigger::{Reason, Trigger, Triggers};
+use super::upgrade::{self, Handover};
 use crate::config::Config;
+use crate::process::adopt::{self, Candidate, Refusal};
 use crate::process::child::{Child, Termination};
 use crate::process::listener::{self, Listening};
 use crate::process::tree::{Ending, Tree};
@@ -38,6 +40,8 @@ pub struct Parts {
     pub reporter: Arc<Reporter>,
     pub stop: watch::Receiver<Stop>,
     pub state: StateFile,
+    /// For an upgrade of this process.
+    pub handover: Arc<Handover>,
 }
 
 pub struct Engine {
@@ -47,6 +51,7 @@ pub struct Engine {
     reporter: Arc<Reporter>,
     stop: watch::Receiver<Stop>,
     state: StateFile,
+    handover: Arc<Handover>,
     slots: Slots<Child>,
     /// Children exiting report their generation here.
     exits: mpsc::UnboundedSender<u64>,
@@ -138,6 +143,7 @@ impl Engine {
             reporter: parts.reporter,
             stop: parts.stop,
             state: parts.state,
+            handover: parts.handover,
             slots,
             exits,
             next_generation: 1,
@@ -338,6 +344,8 @@ impl Engine {
         self.samples
             .take(child.generation, now, backend.stats.snapshot());
         self.slots.set_state(slot, State::Serving, Some(backend));
+        // Recorded as serving: the one a new liveroll process may adopt.
+        self.persist();
         self.emit(Event::Published { child });
         let took = started.elapsed();
 
@@ -505,12 +513,130 @@ impl Engine {
                 false => Err("no bake window is open".into()),
             },
             Command::Rollback => self.operator_rollback().await,
+            Command::Upgrade => self.upgrade().await,
         };
         self.emit(Event::Control {
             command,
             answer: answer.clone(),
         });
         answer
+    }
+
+    /// Hands over to a new liveroll process (`upgrade.rs`); on success this
+    /// process stops accepting and drains, leaving the children running.
+    async fn upgrade(&mut self) -> Answer {
+        if *self.stop.borrow() != Stop::Running {
+            return Err("liveroll is stopping".into());
+        }
+        if self.bake.is_some() {
+            // Two generations with a verdict pending: a new process would
+            // have to take over the judgement too. Settle it first.
+            return Err("a bake window is open: promote or roll back first, then upgrade".into());
+        }
+        // The record the new process adopts from is the one on disk.
+        self.persist();
+        let started = Instant::now();
+        let patience = upgrade::patience(self.config.health_timeout);
+        match self.handover.run(self.state.lock_fd(), patience).await {
+            Ok(new_pid) => {
+                self.emit(Event::HandedOver {
+                    new_pid,
+                    took: started.elapsed(),
+                });
+                Ok(format!(
+                    "upgraded: liveroll pid {new_pid} serves and owns the children; pid {} drains and exits",
+                    std::process::id()
+                ))
+            }
+            Err(error) => {
+                self.emit(Event::UpgradeFailed {
+                    error: error.clone(),
+                });
+                Err(format!(
+                    "upgrade failed, this liveroll keeps serving: {error}"
+                ))
+            }
+        }
+    }
+
+    /// Takes over the child `left` (recorded by an earlier liveroll
+    /// process) if it is alive, holds its port and is healthy: it serves
+    /// from now on as if this process had started it.
+    async fn take_over(&mut self, left: &SavedChild, upgrade: bool) -> Result<(), Refusal> {
+        let candidate = Candidate {
+            pid: left.pid,
+            start_ticks: left.start_ticks,
+            marker: left.marker.clone(),
+            port: left.port,
+        };
+        let probe_timeout = self.config.health_timeout.min(Duration::from_secs(5));
+        adopt::check(&candidate, &self.config.healthcheck, probe_timeout).await?;
+        let generation = left.generation;
+        let (backends, exits) = (self.backends.clone(), self.exits.clone());
+        let process = Child::adopt(&candidate, move || {
+            backends.remove(generation);
+            let _ = exits.send(generation);
+        });
+        let info = ChildInfo {
+            slot: left.slot,
+            port: left.port,
+            pid: left.pid,
+            id: left.id.clone(),
+            generation,
+        };
+        self.next_generation = self.next_generation.max(generation + 1);
+        self.last_ids[left.slot] = left.id.clone();
+        let tree = process.tree.clone();
+        self.slots.start(left.slot, process, info.clone(), tree);
+        let backend = Backend::new(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, left.port)),
+            generation,
+        );
+        self.backends.publish(backend.clone());
+        self.samples.take(
+            generation,
+            tokio::time::Instant::now(),
+            backend.stats.snapshot(),
+        );
+        self.slots
+            .set_state(left.slot, State::Serving, Some(backend));
+        self.emit(Event::Adopted {
+            child: info,
+            upgrade,
+        });
+        Ok(())
+    }
+
+    /// On an upgrade, before this process accepts anything: adopts every
+    /// child the old process recorded as serving. Any that cannot be is an
+    /// error, and the old process keeps serving (nothing was touched).
+    /// Returns how many were adopted.
+    pub async fn adopt_for_upgrade(&mut self) -> Result<usize, String> {
+        let saved = self.state.load().unwrap_or_default();
+        self.quarantined = saved.quarantined;
+        if let Some(left) = saved.children.iter().find(|c| !c.serving) {
+            return Err(format!(
+                "the child on port {} is not serving (in the middle of an update?); try again",
+                left.port
+            ));
+        }
+        let mut adopted = 0;
+        for left in &saved.children {
+            if left.slot > 1 || left.port != self.slots.port(left.slot) {
+                return Err(format!(
+                    "the state file's child on port {} does not fit the child ports",
+                    left.port
+                ));
+            }
+            self.take_over(left, true).await.map_err(|why| {
+                format!(
+                    "cannot adopt the child on port {} (pid {}): {why}",
+                    left.port, left.pid
+                )
+            })?;
+            adopted += 1;
+        }
+        Ok(adopted)
     }
 
     /// Back to the child kept warm if a bake window is open, else a new
@@ -672,11 +798,11 @@ impl Engine {
             return;
         };
         let child = occupant.view.info.clone();
-        if let Some(status) = occupant.process.exit_status() {
+        if occupant.process.has_exited() {
             // It died while the update that replaces it was running.
             self.emit(Event::Exited {
                 child: child.clone(),
-                status: Some(status),
+                status: occupant.process.exit_status(),
                 ran: None,
                 serving: self.slots.current().cloned(),
             });
@@ -797,6 +923,12 @@ impl Engine {
         let saved = self.state.load().unwrap_or_default();
         self.quarantined = saved.quarantined;
         for left in saved.children {
+            // A child that served and still does (the earlier process was
+            // killed, the child was not) is kept as it is: no cold start.
+            let fits = left.slot < 2 && left.port == self.slots.port(left.slot);
+            if left.serving && fits && self.take_over(&left, false).await.is_ok() {
+                continue;
+            }
             let child = ChildInfo {
                 slot: left.slot,
                 port: left.port,
@@ -846,11 +978,19 @@ impl Engine {
                 status: None,
             });
         }
-        for slot in 0..2 {
+        // `--stop` for the slots with nothing in them: an adopted child is
+        // not stopped behind its back.
+        for slot in (0..2).filter(|&s| self.slots.get(s).is_none()) {
             let id = self.last_ids[slot].clone();
             self.run_stop(slot, &id, StopReason::Startup).await;
         }
         self.persist();
+    }
+
+    /// Whether a child serves now (after [`recover`](Self::recover), one
+    /// that was adopted).
+    pub fn serving(&self) -> bool {
+        self.slots.current().is_some()
     }
 
     /// Writes the record of children to the state file.
@@ -871,6 +1011,7 @@ impl Engine {
                         stop: self.config.stop.as_ref().map(|t| {
                             command::expand(t, info.port, &self.config.healthcheck, &info.id)
                         }),
+                        serving: o.view.state == State::Serving,
                     }
                 })
                 .collect();

@@ -13,3 +13,4 @@ pub mod slots;
 pub mod state;
 pub mod supervisor;
 pub mod trigger;
+pub mod upgrade;

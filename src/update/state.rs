@@ -9,6 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -28,6 +29,11 @@ pub struct SavedChild {
     pub marker: String,
     /// Its `--stop` command with `<<PORT>>` and `<<ID>>` expanded.
     pub stop: Option<String>,
+    /// It was published to the proxy: the one child a new liveroll process
+    /// may take over as it is (one still starting, warm or draining is
+    /// stopped instead).
+    #[serde(default)]
+    pub serving: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +86,37 @@ impl StateFile {
         })
     }
 
+    /// On an upgrade: the lock the old process holds, inherited as
+    /// descriptor `fd`. A `flock` belongs to the open file, not to a
+    /// process, so both hold it until the old one exits; a third liveroll
+    /// is refused throughout, and no moment exists without an owner.
+    ///
+    /// # Safety
+    /// `fd` must be the old process's lock file, inherited and owned by
+    /// nothing else in this process.
+    pub unsafe fn inherit(dir: &Path, ports: [u16; 2], fd: RawFd) -> Result<StateFile, String> {
+        let name = format!("children-{}-{}", ports[0], ports[1]);
+        // SAFETY: the caller guarantees `fd` is ours alone.
+        let file = unsafe { File::from_raw_fd(fd) };
+        // Locking again through the same open file cannot conflict with the
+        // lock it already holds: this only checks the descriptor is that lock.
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| format!("the inherited state lock (fd {fd}) is not usable: {e}"))?;
+        let _ = fs::write(
+            dir.join(format!("{name}.lock")),
+            format!("{}\n", std::process::id()),
+        );
+        Ok(StateFile {
+            path: dir.join(format!("{name}.json")),
+            _lock: lock,
+        })
+    }
+
+    /// The lock's descriptor, for a new process to inherit on an upgrade.
+    pub fn lock_fd(&self) -> RawFd {
+        self._lock.as_raw_fd()
+    }
+
     /// What the previous owner left, if anything readable.
     pub fn load(&self) -> Option<Saved> {
         serde_json::from_slice(&fs::read(&self.path).ok()?).ok()
@@ -118,6 +155,7 @@ mod tests {
                 generation: 3,
                 marker: "f00.3".into(),
                 stop: Some("docker rm -f app-9102".into()),
+                serving: true,
             }],
             quarantined: Some("v3".into()),
         };

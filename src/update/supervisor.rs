@@ -9,6 +9,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
+use pingora_core::services::ServiceReadyNotifier;
 use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
@@ -18,7 +19,9 @@ use super::monitor;
 use super::slots::{ChildView, Slots};
 use super::state::StateFile;
 use super::trigger::{Reason, Triggers};
+use super::upgrade::{self, Handover};
 use crate::config::Config;
+use crate::handover::successor::Successor;
 use crate::process::child::Child;
 use crate::process::reaper;
 use crate::report::admin::{self, Listeners, Scope};
@@ -26,7 +29,8 @@ use crate::report::event::Event;
 use crate::report::notify;
 use crate::report::reporter::Reporter;
 use crate::serve::backends::BackendSet;
-use crate::signals::{self, StopSender};
+use crate::serve::connections::Connections;
+use crate::signals::{self, Stop, StopSender};
 
 pub struct Supervisor {
     config: Arc<Config>,
@@ -47,17 +51,46 @@ pub struct Supervisor {
     /// Told once every child is gone, so `main` can exit without waiting out
     /// Pingora's fixed grace period.
     finished: Sender<()>,
+    /// What this process needs to hand over to a new one later.
+    handover: Arc<Handover>,
+    /// Set when this process is the new side of an upgrade.
+    successor: std::sync::Mutex<Option<Successor>>,
+    /// The proxy's client connections, drained after a handover.
+    connections: Arc<Connections>,
+}
+
+/// How this process takes its children at startup.
+enum Start {
+    /// Recover what an earlier process left, then an update starts one.
+    Fresh,
+    /// An upgrade: adopt the old process's children, then tell it.
+    Upgrade(Successor),
+}
+
+/// What the supervisor is given besides the configuration.
+pub struct Wiring {
+    pub backends: Arc<BackendSet>,
+    pub state: StateFile,
+    pub listeners: Listeners,
+    pub stop: Arc<StopSender>,
+    pub finished: Sender<()>,
+    pub handover: Handover,
+    pub successor: Option<Successor>,
+    pub connections: Arc<Connections>,
 }
 
 impl Supervisor {
-    pub fn new(
-        config: Arc<Config>,
-        backends: Arc<BackendSet>,
-        state: StateFile,
-        listeners: Listeners,
-        stop: StopSender,
-        finished: Sender<()>,
-    ) -> Self {
+    pub fn new(config: Arc<Config>, wiring: Wiring) -> Self {
+        let Wiring {
+            backends,
+            state,
+            listeners,
+            stop,
+            finished,
+            handover,
+            successor,
+            connections,
+        } = wiring;
         let slots = Slots::new(config.child_ports());
         let children = slots.watch();
         let (control, commands) = Control::channel();
@@ -71,8 +104,11 @@ impl Supervisor {
             slots: std::sync::Mutex::new(Some((slots, state))),
             children,
             listeners: std::sync::Mutex::new(listeners),
-            stop: Arc::new(stop),
+            stop,
             finished,
+            handover: Arc::new(handover),
+            successor: std::sync::Mutex::new(successor),
+            connections,
         }
     }
 
@@ -119,7 +155,8 @@ impl Supervisor {
                         control: self.control.clone(),
                         token: self.config.admin_token.clone(),
                     };
-                    tokio::spawn(admin::serve(listener, Arc::new(handler)));
+                    let stop = self.stop.subscribe();
+                    tokio::spawn(admin::serve(listener, Arc::new(handler), stop));
                 }
                 Err(e) => self.reporter.emit(Event::AdminFailed {
                     error: e.to_string(),
@@ -213,6 +250,19 @@ impl Supervisor {
         }
     }
 
+    /// After a handover: the new process accepts and owns the children.
+    /// This one lets its own clients finish (bounded by `--drain-timeout`)
+    /// and stops nothing.
+    async fn drain_handed_over(&self) {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        self.connections.all_closed(deadline).await;
+        self.reporter.emit(Event::HandoverDrained {
+            open: self.connections.open(),
+            took: started.elapsed(),
+        });
+    }
+
     /// Requests waiting for a child get their 503 now, requests in flight
     /// finish (bounded by `--drain-timeout`), then every child is stopped.
     async fn shut_down(&self, engine: &mut Engine) {
@@ -229,13 +279,18 @@ impl Supervisor {
 
 #[async_trait]
 impl BackgroundService for Supervisor {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start_with_ready_notifier(
+        &self,
+        mut shutdown: ShutdownWatch,
+        ready: ServiceReadyNotifier,
+    ) {
         // Handlers first: a signal must never kill liveroll with children left.
         let signals = signals::listen(
             self.triggers.clone(),
             self.reporter.clone(),
             self.config.shutdown_delay,
             self.stop.clone(),
+            self.control.clone(),
         );
         if let Err(e) = signals {
             self.fatal(format!("cannot install signal handlers: {e}"));
@@ -245,7 +300,10 @@ impl BackgroundService for Supervisor {
                 "cannot become the reaper of children's orphans: {e}"
             ));
         }
-        self.spawn_helpers();
+        let start = match self.successor.lock().unwrap().take() {
+            Some(successor) => Start::Upgrade(successor),
+            None => Start::Fresh,
+        };
 
         let (exits_tx, mut exits) = mpsc::unbounded_channel();
         let (slots, state) = self.slots.lock().unwrap().take().expect("started once");
@@ -256,18 +314,74 @@ impl BackgroundService for Supervisor {
             reporter: self.reporter.clone(),
             stop: self.stop.subscribe(),
             state,
+            handover: self.handover.clone(),
         };
         let mut engine = Engine::new(parts, slots, exits_tx);
         let mut commands = self.commands.lock().unwrap().take().expect("started once");
-        let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
+        let recovered = match start {
+            Start::Fresh => {
+                // The proxy listens at once: requests wait for the first child.
+                ready.notify_ready();
+                self.spawn_helpers();
+                let recovered = until_shutdown(engine.recover(), &mut shutdown, &mut None).await;
+                // An adopted child serves already; the interval looks for
+                // new versions as usual.
+                if recovered.is_some() && !engine.serving() {
+                    self.triggers.request(Reason::Startup);
+                }
+                recovered
+            }
+            Start::Upgrade(successor) => {
+                self.take_over(&mut engine, successor, ready).await;
+                Some(())
+            }
+        };
         if recovered.is_some() {
-            self.triggers.request(Reason::Startup);
             self.serve(&mut engine, &mut exits, &mut commands, &mut shutdown)
                 .await;
         }
         // Commands sent from now on are answered "liveroll is shutting down".
         drop(commands);
-        self.shut_down(&mut engine).await;
+        if *self.stop.borrow() == Stop::HandedOver {
+            self.drain_handed_over().await;
+        } else {
+            self.shut_down(&mut engine).await;
+        }
         let _ = self.finished.send(());
+    }
+}
+
+impl Supervisor {
+    /// The new side of an upgrade: adopt the old process's children, start
+    /// accepting (the proxy service waits for `ready`), tell the old process
+    /// and wait for its answer, then tell systemd this process is ready.
+    /// Failing before that, it exits at once without touching a child: the
+    /// old process still serves and owns them.
+    async fn take_over(
+        &self,
+        engine: &mut Engine,
+        successor: Successor,
+        ready: ServiceReadyNotifier,
+    ) {
+        if let Err(error) = engine.adopt_for_upgrade().await {
+            successor.refuse(&error);
+            self.fatal(error);
+        }
+        ready.notify_ready();
+        let from_pid = successor.inherited.old_pid;
+        let patience = upgrade::patience(self.config.health_timeout);
+        let answer = tokio::task::spawn_blocking(move || successor.ready(patience)).await;
+        if let Ok(Err(error)) = answer {
+            // It said nothing, or something else: it is most likely gone,
+            // and this process is all that serves.
+            log::warn!("event=upgrade_handshake error={error:?}");
+        }
+        self.reporter.emit(Event::Upgraded { from_pid });
+        self.spawn_helpers();
+        // The old process had nothing serving (its child had crashed, say):
+        // start one as a fresh start would.
+        if !engine.serving() {
+            self.triggers.request(Reason::Startup);
+        }
     }
 }

@@ -184,6 +184,16 @@ impl Liveroll {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Liveroll {
+        let args = Self::args_with_exec(scratch, &ports, exec, extra);
+        Self::spawn(scratch, ports, &args, env)
+    }
+
+    /// The command line [`start`](Self::start) uses.
+    pub fn args(scratch: &Scratch, ports: &Ports, extra: &[&str]) -> Vec<String> {
+        Self::args_with_exec(scratch, ports, &scratch.exec_cmd(), extra)
+    }
+
+    fn args_with_exec(scratch: &Scratch, ports: &Ports, exec: &str, extra: &[&str]) -> Vec<String> {
         let mut args: Vec<String> = vec![
             "--bind".into(),
             "127.0.0.1".into(),
@@ -212,7 +222,7 @@ impl Liveroll {
             "0s".into(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(scratch, ports, &args, env)
+        args
     }
 
     pub fn spawn(
@@ -221,9 +231,21 @@ impl Liveroll {
         args: &[String],
         env: &[(&str, &str)],
     ) -> Liveroll {
+        Self::spawn_binary(LIVEROLL, scratch, ports, args, env)
+    }
+
+    /// Like [`spawn`](Self::spawn), with the liveroll binary at `binary`
+    /// (an upgrade runs whatever is at that path then).
+    pub fn spawn_binary(
+        binary: &str,
+        scratch: &Scratch,
+        ports: Ports,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Liveroll {
         let log = scratch.path("liveroll.log");
         let out = fs::File::create(&log).unwrap();
-        let process = Command::new(LIVEROLL)
+        let process = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "debug,pingora_core=info,pingora_proxy=info")
             .envs(env.iter().copied())
