@@ -339,10 +339,13 @@ impl Engine {
             child.generation,
         );
         self.backends.publish(backend.clone());
-        // Its figures count from now: the baseline when it is the previous one.
-        let now = tokio::time::Instant::now();
-        self.samples
-            .take(child.generation, now, backend.stats.snapshot());
+        // Its figures count from now (the baseline when it is the previous
+        // one); recorded once the previous child's baseline is taken.
+        let first_sample = (
+            child.generation,
+            tokio::time::Instant::now(),
+            backend.stats.snapshot(),
+        );
         self.slots.set_state(slot, State::Serving, Some(backend));
         // Recorded as serving: the one a new liveroll process may adopt.
         self.persist();
@@ -353,8 +356,14 @@ impl Engine {
         //    retire it at once: every other child.
         let baking = bake && !c.bake.is_zero();
         match previous {
-            Some(previous) if baking => self.start_bake(slot, previous),
+            Some(previous) if baking => {
+                self.start_bake(slot, previous);
+                self.samples
+                    .take(first_sample.0, first_sample.1, first_sample.2);
+            }
             _ => {
+                self.samples
+                    .take(first_sample.0, first_sample.1, first_sample.2);
                 for other in self.slots.others(slot) {
                     self.retire(other).await;
                 }
