@@ -361,8 +361,7 @@ fn measure_time_to_rollback_and_failed_requests() {
             let log = liveroll.log();
             let line = log
                 .lines()
-                .filter(|l| l.contains("event=rolled-back"))
-                .last()
+                .rfind(|l| l.contains("event=rolled-back"))
                 .unwrap();
             let rolled_back = log_ms(line);
             let answers = answers.lock().unwrap();
