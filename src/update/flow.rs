@@ -338,6 +338,12 @@ impl Engine {
             SocketAddr::from((Ipv4Addr::LOCALHOST, child.port)),
             child.generation,
         );
+        // Recorded as serving before a client can reach it: a liveroll
+        // killed right after its first request was answered left a child
+        // the next one may adopt, not one it must stop.
+        self.slots
+            .set_state(slot, State::Serving, Some(backend.clone()));
+        self.persist();
         self.backends.publish(backend.clone());
         // Its figures count from now (the baseline when it is the previous
         // one); recorded once the previous child's baseline is taken.
@@ -346,9 +352,6 @@ impl Engine {
             tokio::time::Instant::now(),
             backend.stats.snapshot(),
         );
-        self.slots.set_state(slot, State::Serving, Some(backend));
-        // Recorded as serving: the one a new liveroll process may adopt.
-        self.persist();
         self.emit(Event::Published { child });
         let took = started.elapsed();
 
