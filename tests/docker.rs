@@ -359,18 +359,6 @@ fn sighup_and_new_image_rollovers_of_containers_under_load_lose_nothing() {
 }
 
 /// The Unix time in milliseconds of a log line's env_logger timestamp.
-fn log_ms(line: &str) -> u128 {
-    let stamp = line
-        .trim_start_matches('[')
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let at = humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    at.duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
 fn median(mut values: Vec<u128>) -> u128 {
     values.sort_unstable();
     values[values.len() / 2]

@@ -3,45 +3,13 @@
 
 mod common;
 
-use std::os::unix::net::UnixDatagram;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-/// Plays systemd's side: a datagram socket for `NOTIFY_SOCKET`, read
-/// promptly by a thread as systemd would.
-struct FakeSystemd {
-    path: String,
-    messages: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeSystemd {
-    fn new(scratch: &Scratch) -> FakeSystemd {
-        let path = scratch.path("notify.sock").display().to_string();
-        let socket = UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            // Ends when the test is over and the socket file is gone with the scratch dir.
-            while let Ok(n) = socket.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        });
-        FakeSystemd { path, messages }
-    }
-
-    fn messages(&self) -> Vec<String> {
-        self.messages.lock().unwrap().clone()
-    }
-}
 
 /// Replaces the digits after `key` with `*`, for values a test cannot know.
 fn mask(message: &str, key: &str) -> String {

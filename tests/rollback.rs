@@ -7,7 +7,6 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::SystemTime;
 
 use common::*;
 use nix::sys::signal::Signal;
@@ -56,6 +55,42 @@ fn load_until_rolled_back(liveroll: &Liveroll) -> (usize, usize) {
         }
     }
     (sent, failed)
+}
+
+/// A client loop of `GET /` on new connections, noting when each answer
+/// came and whether it was a 200.
+struct Client {
+    answers: Arc<Mutex<Vec<(u128, bool)>>>,
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Client {
+    fn start(port: u16) -> Client {
+        let answers: Arc<Mutex<Vec<(u128, bool)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (answers, stop) = (answers.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let ok = request(port, "GET", "/", b"").is_ok_and(|r| r.status == 200);
+                    answers.lock().unwrap().push((epoch_ms(), ok));
+                }
+            })
+        };
+        Client {
+            answers,
+            stop,
+            thread,
+        }
+    }
+
+    /// Stops the loop; the answers, oldest first.
+    fn stop(self) -> Vec<(u128, bool)> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        std::mem::take(&mut *self.answers.lock().unwrap())
+    }
 }
 
 #[test]
@@ -119,26 +154,13 @@ fn with_a_canary_few_requests_reach_a_bad_version() {
     let scratch = Scratch::new();
     let (liveroll, old) = serving_v1(&scratch, &["--canary", "10"]);
     // Answers, with when they came, while the window is open.
-    let answers: Arc<Mutex<Vec<(u128, bool)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let client = {
-        let (answers, stop, port) = (answers.clone(), stop.clone(), liveroll.ports.proxy);
-        thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                let ok = request(port, "GET", "/", b"").is_ok_and(|r| r.status == 200);
-                answers.lock().unwrap().push((epoch_ms(), ok));
-            }
-        })
-    };
+    let client = Client::start(liveroll.ports.proxy);
     bad_v2(&scratch, &liveroll, "--fail-rate 100");
     liveroll.wait_log("event=rolled-back rule=error-rate", 1);
-    stop.store(true, Ordering::Relaxed);
-    client.join().unwrap();
+    let answers = client.stop();
     let opened = log_ms(&liveroll.log_line("event=bake id=v2"));
     let closed = log_ms(&liveroll.log_line("event=rolled-back"));
     let window: Vec<bool> = answers
-        .lock()
-        .unwrap()
         .iter()
         .filter(|(at, _)| (opened..=closed).contains(at))
         .map(|(_, ok)| *ok)
@@ -241,26 +263,6 @@ fn two_rollovers_in_a_row_while_baking_never_leave_three_children() {
     assert_eq!(left, want, "the baking child and the warm one");
 }
 
-fn epoch_ms() -> u128 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
-/// The Unix time in milliseconds of a log line's env_logger timestamp.
-fn log_ms(line: &str) -> u128 {
-    let stamp = line
-        .trim_start_matches('[')
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let at = humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{line:?}: {e}"));
-    at.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_millis()
-}
-
 /// `--exec` that starts the version `--id` printed, through `<<ID>>`, so an
 /// earlier version can be started again.
 fn exec_by_id(scratch: &Scratch) -> String {
@@ -341,30 +343,18 @@ fn measure_time_to_rollback_and_failed_requests() {
         liveroll.wait_version("v1");
         let (mut times, mut fails) = (Vec::new(), Vec::new());
         for round in 1..=10 {
-            let answers: Arc<Mutex<Vec<(u128, bool)>>> = Arc::default();
-            let stop = Arc::new(AtomicBool::new(false));
-            let client = {
-                let (answers, stop, port) = (answers.clone(), stop.clone(), liveroll.ports.proxy);
-                thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let ok = request(port, "GET", "/", b"").is_ok_and(|r| r.status == 200);
-                        answers.lock().unwrap().push((epoch_ms(), ok));
-                    }
-                })
-            };
+            let client = Client::start(liveroll.ports.proxy);
             scratch.set_flags("--fail-rate 100");
             scratch.set_version(&format!("bad{round}"));
             liveroll.signal(Signal::SIGHUP);
             liveroll.wait_log("event=rolled-back", round);
-            stop.store(true, Ordering::Relaxed);
-            client.join().unwrap();
+            let answers = client.stop();
             let log = liveroll.log();
             let line = log
                 .lines()
                 .rfind(|l| l.contains("event=rolled-back"))
                 .unwrap();
             let rolled_back = log_ms(line);
-            let answers = answers.lock().unwrap();
             let first_failure = answers
                 .iter()
                 .find(|(_, ok)| !ok)

@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
-use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -539,34 +538,6 @@ fn a_config_change_takes_effect_through_an_upgrade_and_child_ports_cannot_change
     wait_log(&liveroll, "event=update trigger=interval", checks + 2);
     assert_eq!(liveroll.get("/").unwrap().demo_pid(), app);
     stop(new);
-}
-
-/// Plays systemd's side of `NOTIFY_SOCKET`.
-struct FakeSystemd {
-    path: String,
-    messages: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeSystemd {
-    fn new(scratch: &Scratch) -> FakeSystemd {
-        let path = scratch.path("notify.sock").display().to_string();
-        let socket = UnixDatagram::bind(&path).unwrap();
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let sink = messages.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = socket.recv(&mut buf) {
-                sink.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        });
-        FakeSystemd { path, messages }
-    }
-
-    fn messages(&self) -> Vec<String> {
-        self.messages.lock().unwrap().clone()
-    }
 }
 
 #[test]

@@ -5,10 +5,11 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -697,4 +698,55 @@ impl Load {
             .collect();
         (self.ok.load(Ordering::Relaxed), failures)
     }
+}
+
+/// Plays systemd's side: a datagram socket for `NOTIFY_SOCKET`, read
+/// promptly by a thread as systemd would.
+pub struct FakeSystemd {
+    pub path: String,
+    messages: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeSystemd {
+    pub fn new(scratch: &Scratch) -> FakeSystemd {
+        let path = scratch.path("notify.sock").display().to_string();
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            // Ends when the test is over and the socket file is gone with the scratch dir.
+            while let Ok(n) = socket.recv(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        });
+        FakeSystemd { path, messages }
+    }
+
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+}
+
+/// Now, as milliseconds since the Unix epoch.
+pub fn epoch_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+}
+
+/// The Unix time in milliseconds of a log line's env_logger timestamp.
+pub fn log_ms(line: &str) -> u128 {
+    let stamp = line
+        .trim_start_matches('[')
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let at = humantime::parse_rfc3339(stamp).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    at.duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
 }
