@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpStream};
 use std::thread;
 
 use common::*;
@@ -115,4 +117,41 @@ fn a_request_waiting_for_a_child_at_sigterm_gets_503() {
     let r = held.join().unwrap().unwrap();
     assert_eq!(r.status, 503, "answered, not cut off: {}", r.body);
     assert_eq!(liveroll.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn idle_keepalive_connections_are_closed_at_sigterm_while_a_request_drains() {
+    let scratch = Scratch::new();
+    let mut liveroll = Liveroll::start(
+        &scratch,
+        &["--drain-timeout", "1h", "--keepalive-timeout", "1h"],
+    );
+    liveroll.wait_version("v1");
+    let port = liveroll.ports.proxy;
+    // A keep-alive connection that has served one request and sits idle.
+    let mut idle = Conn::open(port).unwrap();
+    assert_eq!(idle.send("GET", "/", b"", false).unwrap().status, 200);
+    // A request in flight that lasts until this test ends it: the drain,
+    // and so liveroll, cannot finish before.
+    let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+        .write_all(b"GET /events?n=2&interval_ms=3600000 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: event 1") {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "stream closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    liveroll.signal(Signal::SIGTERM);
+    liveroll.wait_log("event=stopping", 1);
+    // The idle connection ends now, without waiting for the drain (as
+    // nginx and Pingora close idle keep-alive connections at shutdown).
+    let sent = idle.read_until_closed(PATIENCE);
+    assert_eq!(sent.as_deref(), Some(&b""[..]), "{}", liveroll.log());
+    liveroll.assert_running();
+    drop(stream);
+    assert_eq!(liveroll.wait_exit().code(), Some(0), "{}", liveroll.log());
 }

@@ -21,12 +21,18 @@
 //!   target and forward it) and at most 64 KiB (414), its fields at most
 //!   64 KiB (431). Such a connection is answered and closed without anything
 //!   reaching a child, and without an error line from Pingora;
+//! - no session while a connection is idle: between requests the loop
+//!   waits for the next request's first bytes on the stream alone, and
+//!   creates Pingora's session (its header buffer, the proxy's task state)
+//!   only then, so an idle keep-alive connection costs little memory;
 //! - a lingering close after every error answer, so a client still sending
 //!   gets to read it instead of a reset;
 //! - `--max-connections` (`admission`, a Pingora connection filter): past
 //!   it the accept loop waits, and new connections stay in the kernel's
 //!   listen backlog until one closes.
 
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,9 +44,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::admission::{Slot, Slots};
+use super::head::HeadRefusal;
 use super::stream::{EdgeStream, Shared};
 use crate::report::metrics::METRICS;
 
@@ -64,6 +72,9 @@ pub struct Edge<SV: ProxyHttp> {
     proxy: Arc<HttpProxy<SV>>,
     timeouts: Timeouts,
     slots: Arc<Slots>,
+    /// Set when the service shuts down (not after a handover): connections
+    /// waiting for a request end.
+    closing: Closing,
 }
 
 impl<SV: ProxyHttp> Edge<SV> {
@@ -72,6 +83,7 @@ impl<SV: ProxyHttp> Edge<SV> {
             proxy: Arc::new(proxy),
             timeouts,
             slots,
+            closing: Closing::default(),
         }
     }
 }
@@ -90,10 +102,29 @@ where
         // The slot was taken in `Admission::should_accept`.
         let _slot = Slot(&self.slots);
         let shared = Arc::new(Shared::default());
-        let mut stream: Stream = Box::new(EdgeStream::new(stream, shared.clone(), self.timeouts));
+        let mut edge = Box::new(EdgeStream::new(stream, shared.clone(), self.timeouts));
         let mut settings: Option<HttpPersistentSettings> = None;
         loop {
-            let mut session = ServerSession::new_http1(stream);
+            if edge.holds_nothing() {
+                // Idle: wait for the request without a session (see the
+                // module docs).
+                let start = tokio::select! {
+                    biased;
+                    refusal = shared.refused() => Err(refusal),
+                    started = poll_fn(|cx| edge.poll_request_start(cx)) => Ok(started),
+                    () = self.closing.wait() => Ok(false),
+                };
+                match start {
+                    Ok(true) => {}
+                    Ok(false) => return None,
+                    Err(refusal) => {
+                        drop(edge);
+                        refuse(&shared, refusal).await;
+                        return None;
+                    }
+                }
+            }
+            let mut session = ServerSession::new_http1(edge);
             if let Some(settings) = settings.take() {
                 settings.apply_to_session(&mut session);
             }
@@ -113,7 +144,7 @@ where
             match outcome {
                 Ok(Some(reused)) => {
                     let (next, next_settings) = reused.consume();
-                    stream = next_request(next, &shared, self.timeouts);
+                    edge = next_request(next, &shared, self.timeouts);
                     settings = next_settings;
                 }
                 Ok(None) => {
@@ -123,11 +154,7 @@ where
                     return None;
                 }
                 Err(refusal) => {
-                    METRICS.response(refusal.status());
-                    debug!("event=refused status={}", refusal.status());
-                    if let Some(stream) = shared.take_stream() {
-                        Box::pin(linger(stream, Some(refusal.response()))).await;
-                    }
+                    refuse(&shared, refusal).await;
                     return None;
                 }
             }
@@ -135,12 +162,23 @@ where
     }
 
     async fn cleanup(&self) {
+        // Idle connections end now, as Pingora's own do in `http_cleanup`.
+        self.closing.close();
         self.proxy.http_cleanup().await;
     }
 }
 
+/// Answers a refused request header and closes the connection, lingering.
+async fn refuse(shared: &Shared, refusal: HeadRefusal) {
+    METRICS.response(refusal.status());
+    debug!("event=refused status={}", refusal.status());
+    if let Some(stream) = shared.take_stream() {
+        Box::pin(linger(stream, Some(refusal.response()))).await;
+    }
+}
+
 /// The stream Pingora handed back for the next request, ready for it.
-fn next_request(stream: Stream, shared: &Arc<Shared>, timeouts: Timeouts) -> Stream {
+fn next_request(stream: Stream, shared: &Arc<Shared>, timeouts: Timeouts) -> Box<EdgeStream> {
     if !stream.as_any().is::<EdgeStream>() {
         // Not ours (cannot happen): watch it from here on.
         return Box::new(EdgeStream::new(stream, shared.clone(), timeouts));
@@ -173,6 +211,32 @@ async fn linger(mut stream: Stream, response: Option<Vec<u8>>) {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => total += n,
             _ => break,
+        }
+    }
+}
+
+/// A flag that, once set, stays set and wakes everyone waiting for it.
+#[derive(Default)]
+struct Closing {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Closing {
+    fn close(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Resolves once [`Self::close`] has been called.
+    async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a `close` in between
+        // cannot be missed.
+        notified.as_mut().enable();
+        if !self.set.load(Ordering::Acquire) {
+            notified.await;
         }
     }
 }

@@ -4,6 +4,12 @@
 //! passes bytes through and counts them, so the next request's start is
 //! known even when Pingora has already read some of it (pipelining).
 //!
+//! Between requests it can also wait for the next request's first bytes
+//! on its own ([`EdgeStream::poll_request_start`]), before the connection
+//! loop creates Pingora's session for it: an idle keep-alive connection
+//! then holds no session, no header buffer and no proxy task state, only
+//! this stream.
+//!
 //! The timeouts use one timer per connection that is re-armed only when it
 //! fires early, not per request: Pingora's keep-alive timeout would
 //! register a timer (a clock read, an allocation and a lock on its timer
@@ -69,6 +75,11 @@ impl Shared {
 /// No body length known (chunked); see [`EdgeStream::header_done`].
 const UNKNOWN: u64 = u64::MAX;
 
+/// How much of a request [`EdgeStream::poll_request_start`] reads: all of
+/// a typical API client's request header, so Pingora's first read is
+/// usually served from it without another read of the socket.
+const EARLY: usize = 512;
+
 /// The client socket as Pingora's HTTP/1 session sees it; see the module
 /// docs.
 pub struct EdgeStream {
@@ -98,6 +109,11 @@ pub struct EdgeStream {
     timer: Option<Pin<Box<Sleep>>>,
     /// The timer was polled since it was last set, and will wake the task.
     timer_waits: bool,
+    /// The next request's first bytes, read before its session existed;
+    /// `early[taken..held]` is what Pingora has not read yet.
+    early: [u8; EARLY],
+    taken: u16,
+    held: u16,
 }
 
 impl fmt::Debug for EdgeStream {
@@ -123,6 +139,9 @@ impl EdgeStream {
             header_deadline: None,
             timer: None,
             timer_waits: false,
+            early: [0; EARLY],
+            taken: 0,
+            held: 0,
         }
     }
 
@@ -164,6 +183,33 @@ impl EdgeStream {
         self.idle_limit = self.timeouts.keepalive;
         self.idle_since = None;
         self.header_deadline = None;
+    }
+
+    /// Whether nothing of the next request has been read yet (by Pingora
+    /// with the previous one, or by [`Self::poll_request_start`]), so its
+    /// session can wait to be created until its first bytes come.
+    pub(super) fn holds_nothing(&self) -> bool {
+        self.scan.mode == Mode::Leading && !self.scan.started() && self.taken == self.held
+    }
+
+    /// Reads the next request's first bytes, keeping them for Pingora's
+    /// first read: `Ready(true)` once some came, `Ready(false)` if the
+    /// connection ended first (closed by the client, an error, or the idle
+    /// timeout). They go through the header scan as any header read: a
+    /// refusal wakes the task and stays pending.
+    pub(super) fn poll_request_start(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut bytes = [0u8; EARLY];
+        let mut buf = ReadBuf::new(&mut bytes);
+        match self.poll_read_header(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                let n = buf.filled().len();
+                self.early[..n].copy_from_slice(buf.filled());
+                (self.taken, self.held) = (0, n as u16);
+                Poll::Ready(true)
+            }
+            Poll::Ready(_) => Poll::Ready(false),
+        }
     }
 
     fn inner(&mut self) -> Pin<&mut Stream> {
@@ -295,6 +341,14 @@ impl AsyncRead for EdgeStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.taken < this.held {
+            // Read (and scanned, and counted) before the session existed.
+            let early = &this.early[this.taken as usize..this.held as usize];
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early[..n]);
+            this.taken += n as u16;
+            return Poll::Ready(Ok(()));
+        }
         if !this.header_done.load(Ordering::Relaxed) {
             return this.poll_read_header(cx, buf);
         }
