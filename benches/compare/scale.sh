@@ -13,11 +13,16 @@ scale() {
 
     # a. Memory per idle keep-alive connection.
     log "scale: $IDLE_CONNS idle keep-alive connections"
+    # --max-connections defaults to half the descriptors liveroll may open
+    # (9,904 at a hard limit of 20,000): past it connections wait in the
+    # listen backlog, and idle_conns.py would wait for them until the first
+    # ones reach --keepalive-timeout.
+    LIVEROLL_ENV=(LIVEROLL_MAX_CONNECTIONS=$((IDLE_CONNS + 64)))
     start_liveroll SL 1
     log "  liveroll :$SL_PORT (pid $SL_PID, threads: 1)"
     idle_measure "liveroll (threads: 1)" "$SL_PORT" "$SL_PID"
     stop_all
-    LIVEROLL_ENV=(MIMALLOC_ALLOW_THP=0)
+    LIVEROLL_ENV=(LIVEROLL_MAX_CONNECTIONS=$((IDLE_CONNS + 64)) MIMALLOC_ALLOW_THP=0)
     start_liveroll SL 1
     # shellcheck disable=SC2034 # LIVEROLL_ENV is read by lib.sh's start_liveroll
     LIVEROLL_ENV=()
