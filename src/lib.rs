@@ -7,6 +7,7 @@
 //! - [`report`]: what operators see (log lines, metrics, `/status`, systemd);
 //! - [`ctl`]: `liveroll ctl`, the client of a running liveroll's admin listener.
 
+pub mod allocator;
 pub mod config;
 pub mod ctl;
 pub mod handover;

@@ -28,7 +28,7 @@ use liveroll::update::upgrade::Handover;
 use liveroll::{server_conf, signals};
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: liveroll::allocator::MiMalloc = liveroll::allocator::MiMalloc;
 
 fn main() {
     // `liveroll ctl ...` talks to a running liveroll; it has flags of its own.

@@ -82,6 +82,8 @@ count_instructions() {
         die "instructions: no count for $1 (${requests:-no} requests, ${total:-no} instructions)"
     fi
     RES["$1|ir"]=$((total / requests))
+    # IR_KEEP=DIR keeps the profile for callgrind_annotate.
+    [ -z "${IR_KEEP:-}" ] || cp "$base.2" "$IR_KEEP/callgrind.$1.out"
     log "  $1: $requests requests in $(awk '/ requests in / { sub(",", "", $4); print $4 }' "$out")," \
         "$total instructions"
     stop_pid "$2" 60 || true
