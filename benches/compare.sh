@@ -16,6 +16,7 @@
 #   IR_WARMUP=1000     requests per target before the instructions are counted
 #   IR_TARGETS="nginx caddy pingora liveroll"  the instructions section's targets
 #   IR_KEEP=DIR        keep each target's callgrind profile in DIR (callgrind.TARGET.out)
+#   BASELINE=PATH      another liveroll binary, a target of the load section too
 #   PORTS=LO-HI        ports to listen on (default: 10000 up to the ephemeral range)
 # Defaults take about 8 minutes (3 rounds x 2 profiles x 5 targets x 10 s,
 # plus warm-up, the rollover section, the scale section's 3 x 2 x 10 s and
@@ -38,6 +39,7 @@ IR_DURATION=${IR_DURATION:-}
 IR_WARMUP=${IR_WARMUP:-1000}
 IR_TARGETS=${IR_TARGETS:-nginx caddy pingora liveroll}
 IR_KEEP=${IR_KEEP:-}
+BASELINE=${BASELINE:-}
 SCALE_CONNS=${SCALE_CONNS:-128}
 PORTS=${PORTS:-}
 WRK_THREADS=1         # wrk -t and -c of run_wrk; the scale section changes them

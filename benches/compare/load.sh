@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Load section of benches/compare.sh: the demo app direct and behind nginx,
 # Caddy, the plain Pingora proxy and liveroll, keep-alive and Connection: close,
-# ROUNDS interleaved rounds of wrk; one markdown table of medians.
+# ROUNDS interleaved rounds of wrk; one markdown table of medians. With
+# BASELINE=PATH another liveroll binary (say, main's before a change) is a
+# target too, so the two are compared within the same rounds.
 # Method and caveats: benches/README.md.
 
 load() {
@@ -11,6 +13,14 @@ load() {
     start_caddy
     start_floor
     start_liveroll LR
+    if [ -n "$BASELINE" ]; then
+        [ -x "$BASELINE" ] || die "BASELINE: $BASELINE is not an executable file"
+        local current=$LIVEROLL
+        LIVEROLL=$BASELINE
+        start_liveroll LB
+        LIVEROLL=$current
+        log "baseline :$LB_PORT (pid $LB_PID, $BASELINE)"
+    fi
     log "backend :$BACKEND_PORT (pid $BACKEND_PID), nginx :$NGINX_PORT (pid $NGINX_PID)," \
         "caddy :$CADDY_PORT (pid $CADDY_PID), pingora :$FLOOR_PORT (pid $FLOOR_PID)," \
         "liveroll :$LR_PORT (pid $LR_PID, child $LR_CHILD)"
@@ -24,6 +34,12 @@ load() {
     local -A backend=([direct]=$BACKEND_PID [nginx]=$BACKEND_PID [caddy]=$BACKEND_PID
         [pingora]=$BACKEND_PID [liveroll]=$LR_CHILD)
     local targets=(direct nginx caddy pingora liveroll) profiles=(keepalive close) t p r
+    if [ -n "$BASELINE" ]; then
+        targets+=(baseline)
+        port[baseline]=$LB_PORT
+        proxy[baseline]=$LB_PID
+        backend[baseline]=$LB_CHILD
+    fi
 
     log "warm-up: $WARMUP per target"
     for t in "${targets[@]}"; do
