@@ -143,6 +143,10 @@ impl Handover {
             Nothing,
         }
         let heard = tokio::select! {
+            // A new process that refuses writes why, then exits: what it
+            // wrote is in the socket by the time its exit can be seen, so
+            // the line is looked at first.
+            biased;
             line = lines.next_line() => Heard::Line(line.ok().flatten()),
             status = child.wait() => Heard::Exit(status),
             _ = tokio::time::sleep(patience) => Heard::Nothing,
