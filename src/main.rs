@@ -253,9 +253,9 @@ fn proxy_service(
     let edge = Edge::new(proxy, timeouts, slots.clone());
     let mut service = Service::new(
         "liveroll proxy".to_string(),
-        Tracked::new(edge, connections, stop),
+        Tracked::new(edge, connections.clone(), stop),
     );
-    service.set_connection_filter(Arc::new(Admission(slots)));
+    service.set_connection_filter(Arc::new(Admission { slots, connections }));
     // Pingora reads client connections through a 64 KiB buffer of its own,
     // made for TLS records; for plain HTTP it only doubles the copying and
     // costs 64 KiB per idle keep-alive client. The HTTP layer buffers anyway.

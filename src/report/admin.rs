@@ -24,6 +24,7 @@ use super::metrics::{Live, METRICS};
 use super::reporter::Reporter;
 use crate::config::Secret;
 use crate::serve::backends::BackendSet;
+use crate::serve::connections::Connections;
 use crate::update::control::{Command, Control};
 
 const MAX_REQUEST: usize = 8192;
@@ -58,10 +59,14 @@ pub struct Handler {
 /// Serves until this process hands over to a new one: from then on the new
 /// process answers on the same socket (it inherited it), so a load
 /// balancer's `/ready` never meets this one draining.
+/// Each answer is counted in `answers` until written, so that a process
+/// that handed over does not exit before it answered (`POST /upgrade`'s
+/// own answer among them).
 pub async fn serve(
     listener: TcpListener,
     handler: Arc<Handler>,
     mut stop: tokio::sync::watch::Receiver<crate::signals::Stop>,
+    answers: Arc<Connections>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -70,7 +75,12 @@ pub async fn serve(
         };
         match accepted {
             Ok((stream, peer)) => {
-                tokio::spawn(answer(stream, peer, handler.clone()));
+                let counted = answers.track();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    answer(stream, peer, handler).await;
+                    drop(counted);
+                });
             }
             Err(e) => {
                 // E.g. out of file descriptors: do not spin on it.

@@ -4,6 +4,7 @@
 //! [`Admission`] waits there for a free slot, so further connections stay
 //! in the kernel's listen backlog until one closes.
 
+use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,6 +12,8 @@ use async_trait::async_trait;
 use log::{info, warn};
 use pingora_core::listeners::ConnectionFilter;
 use tokio::sync::Notify;
+
+use super::connections::Connections;
 
 /// `--max-connections`: client connections open at once.
 #[derive(Debug)]
@@ -85,13 +88,26 @@ impl Drop for Slot<'_> {
 /// The proxy service's connection filter: Pingora awaits it in its accept
 /// loop right after `accept()`, so while it waits for a slot no further
 /// connection is accepted and the kernel keeps them in the listen backlog.
-#[derive(Debug)]
-pub struct Admission(pub Arc<Slots>);
+/// It also counts the connection for the drain after a handover, before
+/// the connection's task exists (see `connections`).
+pub struct Admission {
+    pub slots: Arc<Slots>,
+    pub connections: Arc<Connections>,
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("slots", &self.slots)
+            .finish_non_exhaustive()
+    }
+}
 
 #[async_trait]
 impl ConnectionFilter for Admission {
     async fn should_accept(&self, _addr: Option<&std::net::SocketAddr>) -> bool {
-        self.0.take().await;
+        self.slots.take().await;
+        self.connections.accepted();
         true
     }
 }

@@ -11,8 +11,15 @@
 //! next request answered with `Connection: close` (Pingora does this once
 //! it is stopping) and the client reconnects, to the new process. What is
 //! still open when `--drain-timeout` passes is closed as the process exits.
+//!
+//! A connection is counted from the moment it is accepted (by the
+//! admission filter, inside Pingora's accept loop), not when its task first
+//! runs: otherwise one accepted just before the accept loop stops could
+//! find the count at zero and the process gone. The drain therefore waits
+//! for the accept loop to have stopped ([`Connections::accepting_stopped`])
+//! and then for the count. Answers of the admin listener are counted too.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -28,11 +35,44 @@ use crate::signals::Stop;
 pub struct Connections {
     open: AtomicUsize,
     closed: Notify,
+    /// Pingora's accept loop has ended (it then runs the app's cleanup).
+    stopped: AtomicBool,
+    stopped_now: Notify,
 }
 
 impl Connections {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection just accepted; [`Tracked`] stops counting it
+    /// when its task ends.
+    pub fn accepted(&self) {
+        self.open.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts something that must finish before the process exits (an
+    /// admin answer) until the guard is dropped.
+    pub fn track(self: &Arc<Self>) -> Open {
+        self.accepted();
+        Open(self.clone())
+    }
+
+    fn stop_accepting(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.stopped_now.notify_waiters();
+    }
+
+    /// Waits until the proxy has stopped accepting or `deadline` passes;
+    /// returns whether it has.
+    pub async fn accepting_stopped(&self, deadline: tokio::time::Instant) -> bool {
+        let stopped = self.stopped_now.notified();
+        tokio::pin!(stopped);
+        stopped.as_mut().enable();
+        if self.stopped.load(Ordering::Acquire) {
+            return true;
+        }
+        tokio::time::timeout_at(deadline, stopped).await.is_ok()
     }
 
     /// Waits until no connection is open or `deadline` passes; returns
@@ -55,7 +95,7 @@ impl Connections {
 
 /// Decrements the count however the connection's task ends (also when it
 /// is dropped mid-request).
-struct Open(Arc<Connections>);
+pub struct Open(Arc<Connections>);
 
 impl Drop for Open {
     fn drop(&mut self) {
@@ -90,12 +130,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.connections.open.fetch_add(1, Ordering::AcqRel);
+        // Counted when accepted (`admission`).
         let _open = Open(self.connections.clone());
         self.inner.process_new(session, shutdown).await
     }
 
     async fn cleanup(&self) {
+        self.connections.stop_accepting();
         if *self.stop.borrow() != Stop::HandedOver {
             self.inner.cleanup().await;
         }

@@ -156,7 +156,8 @@ impl Supervisor {
                         token: self.config.admin_token.clone(),
                     };
                     let stop = self.stop.subscribe();
-                    tokio::spawn(admin::serve(listener, Arc::new(handler), stop));
+                    let answers = self.connections.clone();
+                    tokio::spawn(admin::serve(listener, Arc::new(handler), stop, answers));
                 }
                 Err(e) => self.reporter.emit(Event::AdminFailed {
                     error: e.to_string(),
@@ -256,6 +257,8 @@ impl Supervisor {
     async fn drain_handed_over(&self) {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.config.drain_timeout;
+        // Only once the accept loop is over is every client counted.
+        self.connections.accepting_stopped(deadline).await;
         self.connections.all_closed(deadline).await;
         self.reporter.emit(Event::HandoverDrained {
             open: self.connections.open(),
