@@ -25,43 +25,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// Starts liveroll on another server than the demo: `exec` is the `--exec`
-/// command, `health` the path it answers 200 on.
-fn start_with_exec(scratch: &Scratch, exec: &str, health: &str, extra: &[&str]) -> Liveroll {
-    let ports = free_ports();
-    let mut args: Vec<String> = [
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        &ports.proxy.to_string(),
-        "--child-port1",
-        &ports.child1.to_string(),
-        "--child-port2",
-        &ports.child2.to_string(),
-        "--pull",
-        "true",
-        "--id",
-        &scratch.id_cmd(),
-        "--exec",
-        exec,
-        "--healthcheck",
-        health,
-        "--interval",
-        "1h",
-        "--kill-timeout",
-        "5s",
-        "--state-dir",
-        &scratch.dir.display().to_string(),
-        "--bake",
-        "0s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Liveroll::spawn(scratch, ports, &args, &[])
-}
-
 // 1. Pipelining (RFC 9112 §9.3.2): every request answered, in order.
 
 #[test]
@@ -177,7 +140,8 @@ fn an_http10_child_is_answered_as_http11() {
         "exec python3 -m http.server <<PORT>> --bind 127.0.0.1 --directory {}",
         scratch.dir.display()
     );
-    let liveroll = start_with_exec(&scratch, &exec, "/", &[]);
+    let liveroll =
+        Liveroll::start_with_exec(&scratch, free_ports(), &exec, &["--healthcheck", "/"], &[]);
     wait_for("http.server to be served", || {
         liveroll.get("/index.html").ok().filter(|r| r.status == 200)
     });
@@ -382,46 +346,13 @@ fn soft_nofile(pid: i32) -> u64 {
     line.split_whitespace().nth(3).unwrap().parse().unwrap()
 }
 
-/// Starts liveroll under `prlimit --nofile=SOFT:HARD`.
+/// Starts liveroll under `prlimit --nofile=SOFT:HARD` (which execs it:
+/// the pid is liveroll's).
 fn start_limited(scratch: &Scratch, nofile: &str, extra: &[&str]) -> Liveroll {
     let ports = free_ports();
-    let mut args: Vec<String> = vec![
-        format!("--nofile={nofile}"),
-        LIVEROLL.into(),
-        "--bind".into(),
-        "127.0.0.1".into(),
-        "--port".into(),
-        ports.proxy.to_string(),
-        "--child-port1".into(),
-        ports.child1.to_string(),
-        "--child-port2".into(),
-        ports.child2.to_string(),
-        "--pull".into(),
-        "true".into(),
-        "--id".into(),
-        scratch.id_cmd(),
-        "--exec".into(),
-        scratch.exec_cmd(),
-        "--interval".into(),
-        "1h".into(),
-        "--state-dir".into(),
-        scratch.dir.display().to_string(),
-        "--bake".into(),
-        "0s".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let log = scratch.path("liveroll.log");
-    let out = std::fs::File::create(&log).unwrap();
-    // prlimit execs liveroll: the pid is liveroll's.
-    let process = std::process::Command::new("prlimit")
-        .args(&args)
-        .env("RUST_LOG", "debug,pingora_core=info,pingora_proxy=info")
-        .stdin(std::process::Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap();
-    Liveroll::adopt(process, ports, log)
+    let mut args = vec![format!("--nofile={nofile}"), LIVEROLL.to_string()];
+    args.extend(Liveroll::args(scratch, &ports, extra));
+    Liveroll::spawn_binary("prlimit", scratch, ports, &args, &[])
 }
 
 #[test]
