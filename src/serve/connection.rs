@@ -32,7 +32,6 @@
 //!   listen backlog until one closes.
 
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,11 +43,11 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::{HttpProxy, ProxyHttp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::admission::{Slot, Slots};
 use super::head::HeadRefusal;
+use super::latch::Latch;
 use super::stream::{EdgeStream, Shared};
 use crate::report::metrics::METRICS;
 
@@ -74,7 +73,7 @@ pub struct Edge<SV: ProxyHttp> {
     slots: Arc<Slots>,
     /// Set when the service shuts down (not after a handover): connections
     /// waiting for a request end.
-    closing: Closing,
+    closing: Latch,
 }
 
 impl<SV: ProxyHttp> Edge<SV> {
@@ -83,7 +82,7 @@ impl<SV: ProxyHttp> Edge<SV> {
             proxy: Arc::new(proxy),
             timeouts,
             slots,
-            closing: Closing::default(),
+            closing: Latch::default(),
         }
     }
 }
@@ -163,7 +162,7 @@ where
 
     async fn cleanup(&self) {
         // Idle connections end now, as Pingora's own do in `http_cleanup`.
-        self.closing.close();
+        self.closing.set();
         self.proxy.http_cleanup().await;
     }
 }
@@ -211,32 +210,6 @@ async fn linger(mut stream: Stream, response: Option<Vec<u8>>) {
         match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => total += n,
             _ => break,
-        }
-    }
-}
-
-/// A flag that, once set, stays set and wakes everyone waiting for it.
-#[derive(Default)]
-struct Closing {
-    set: AtomicBool,
-    notify: Notify,
-}
-
-impl Closing {
-    fn close(&self) {
-        self.set.store(true, Ordering::Release);
-        self.notify.notify_waiters();
-    }
-
-    /// Resolves once [`Self::close`] has been called.
-    async fn wait(&self) {
-        let notified = self.notify.notified();
-        tokio::pin!(notified);
-        // Registered before the flag is read, so a `close` in between
-        // cannot be missed.
-        notified.as_mut().enable();
-        if !self.set.load(Ordering::Acquire) {
-            notified.await;
         }
     }
 }

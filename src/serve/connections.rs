@@ -19,7 +19,7 @@
 //! for the accept loop to have stopped ([`Connections::accepting_stopped`])
 //! and then for the count. Answers of the admin listener are counted too.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -28,6 +28,7 @@ use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use tokio::sync::{watch, Notify};
 
+use super::latch::Latch;
 use crate::signals::Stop;
 
 /// How many client connections the proxy has open.
@@ -36,8 +37,7 @@ pub struct Connections {
     open: AtomicUsize,
     closed: Notify,
     /// Pingora's accept loop has ended (it then runs the app's cleanup).
-    stopped: AtomicBool,
-    stopped_now: Notify,
+    stopped: Latch,
 }
 
 impl Connections {
@@ -58,21 +58,12 @@ impl Connections {
         Open(self.clone())
     }
 
-    fn stop_accepting(&self) {
-        self.stopped.store(true, Ordering::Release);
-        self.stopped_now.notify_waiters();
-    }
-
     /// Waits until the proxy has stopped accepting or `deadline` passes;
     /// returns whether it has.
     pub async fn accepting_stopped(&self, deadline: tokio::time::Instant) -> bool {
-        let stopped = self.stopped_now.notified();
-        tokio::pin!(stopped);
-        stopped.as_mut().enable();
-        if self.stopped.load(Ordering::Acquire) {
-            return true;
-        }
-        tokio::time::timeout_at(deadline, stopped).await.is_ok()
+        tokio::time::timeout_at(deadline, self.stopped.wait())
+            .await
+            .is_ok()
     }
 
     /// Waits until no connection is open or `deadline` passes; returns
@@ -136,7 +127,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Tracked<A> {
     }
 
     async fn cleanup(&self) {
-        self.connections.stop_accepting();
+        self.connections.stopped.set();
         if *self.stop.borrow() != Stop::HandedOver {
             self.inner.cleanup().await;
         }

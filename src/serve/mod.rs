@@ -9,6 +9,7 @@ pub mod connection;
 pub mod connections;
 pub mod forwarded;
 pub mod head;
+pub mod latch;
 pub mod proxy;
 pub mod stats;
 pub mod stream;
